@@ -1,0 +1,116 @@
+"""Configuration dataclasses, with the reference CycleGAN's defaults, saved as JSON beside every model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+AXES = ("axial", "coronal", "sagittal")
+#: Index of the slicing axis in a RAS-oriented (I, J, K) array: sagittal slices are along x (R), coronal
+#: along y (A), axial along z (S).
+AXIS_INDEX = {"sagittal": 0, "coronal": 1, "axial": 2}
+GENERATORS = ("resnet9", "resnet6", "unet")
+
+
+@dataclass
+class ModelConfig:
+    """What is needed to rebuild the networks.
+
+    Attributes:
+        generator: ``resnet9`` (default, as in the CycleGAN paper for 256 px), ``resnet6`` or ``unet``.
+        ngf: filters in the generator's first layer.
+        ndf: filters in the discriminator's first layer.
+        n_layers_d: strided layers of the PatchGAN (3 gives the 70x70 receptive field).
+        norm: ``instance`` (the reference's choice for CycleGAN) or ``batch``.
+        dropout: dropout in the ResNet blocks (the reference leaves it off for CycleGAN).
+    """
+
+    generator: str = "resnet9"
+    ngf: int = 64
+    ndf: int = 64
+    n_layers_d: int = 3
+    norm: str = "instance"
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``medsynth-train``; the defaults follow the reference CycleGAN.
+
+    ``steps`` iterations at the initial learning rate are followed by ``decay_steps`` iterations of linear
+    decay to zero (the reference: 100 epochs constant, 100 decaying).
+    """
+
+    a: list[str] = field(default_factory=list)
+    b: list[str] = field(default_factory=list)
+    names: tuple[str, str] = ("t1", "t2")
+    out: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    size: int = 256
+    axis: str = "axial"
+    min_foreground: float = 0.1
+    steps: int = 100_000
+    decay_steps: int = 100_000
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5
+    pool_size: int = 50
+    init_gain: float = 0.02
+    augment: bool = True
+    flip: bool = True
+    enhance: list[str] = field(default_factory=list)
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 0
+    cache_dir: str | None = None
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    val_a: list[str] = field(default_factory=list)
+    val_b: list[str] = field(default_factory=list)
+    val_every: int = 2000
+    val_axis: str = "axial"
+
+    @property
+    def total_steps(self) -> int:
+        """Iterations in the whole run."""
+        return self.steps + self.decay_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict`; unknown keys (from newer versions) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["model"] = model_config_from_dict(values.get("model", {}))
+        if "names" in values:
+            values["names"] = tuple(values["names"])
+        return cls(**values)
+
+    def save(self, path: str | Path) -> None:
+        """Write as indented JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a JSON file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    """Rebuild a :class:`ModelConfig`, ignoring unknown keys."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in data.items() if k in known})

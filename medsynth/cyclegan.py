@@ -1,0 +1,244 @@
+"""The CycleGAN: two generators, two PatchGAN discriminators, image pools, losses and one training step.
+
+Naming: ``g_ab`` translates domain A to B, ``g_ba`` B to A; ``d_a`` judges whether an image is a real A, ``d_b``
+a real B. The objective is the reference implementation's: LSGAN adversarial terms, cycle L1 weighted by
+``lambda_cycle``, identity L1 weighted by ``lambda_identity * lambda_cycle``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medsynth.config import TrainConfig
+from medsynth.networks import build_discriminator, build_generator, init_weights
+
+MODEL_FORMAT = "medsynth-model"
+MODEL_VERSION = 1
+
+
+class ImagePool:
+    """History of generated images shown to the discriminators (Shrivastava et al.), as in the reference.
+
+    Until the pool is full every image goes in and comes out; afterwards each image is, with probability 0.5,
+    swapped for a random stored one. Randomness comes from the pool's own generator so a resumed run makes the
+    same choices.
+    """
+
+    def __init__(self, size: int = 50, seed: int = 0) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        """Return a batch of the same size: new images and, once full, some from the history."""
+        if self.size == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(image.clone())
+                out.append(image)
+                continue
+            if torch.rand(1, generator=self.generator).item() > 0.5:
+                index = int(torch.randint(0, self.size, (1,), generator=self.generator))
+                out.append(self.images[index].clone())
+                self.images[index] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, 0)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Images (on the CPU) and the generator's state, for checkpoints."""
+        return {"images": [im.cpu() for im in self.images], "rng": self.generator.get_state(), "size": self.size}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
+        """Restore :meth:`state_dict`."""
+        self.images = [im.to(device) for im in state["images"]]
+        self.generator.set_state(state["rng"])
+        self.size = int(state["size"])
+
+
+class GeneratorPass(nn.Module):
+    """Both generators in one forward, so DistributedDataParallel sees one call per step."""
+
+    def __init__(self, g_ab: nn.Module, g_ba: nn.Module) -> None:
+        super().__init__()
+        self.g_ab = g_ab
+        self.g_ba = g_ba
+
+    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+        fake_b = self.g_ab(real_a)
+        fake_a = self.g_ba(real_b)
+        out = {"fake_b": fake_b, "fake_a": fake_a, "rec_a": self.g_ba(fake_b), "rec_b": self.g_ab(fake_a)}
+        if identity:
+            out["idt_a"] = self.g_ba(real_a)
+            out["idt_b"] = self.g_ab(real_b)
+        return out
+
+
+class DiscriminatorPass(nn.Module):
+    """Both discriminators in one forward, returning the last (logit) map of MONAI's PatchDiscriminator."""
+
+    def __init__(self, d_a: nn.Module, d_b: nn.Module) -> None:
+        super().__init__()
+        self.d_a = d_a
+        self.d_b = d_b
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.d_a(a)[-1], self.d_b(b)[-1]
+
+
+class CycleGAN(nn.Module):
+    """Networks, losses and the training step.
+
+    Args:
+        config: the training configuration (network sizes, loss weights, pool size).
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        from monai.losses import PatchAdversarialLoss
+
+        self.config = config
+        self.generators = GeneratorPass(build_generator(config.model), build_generator(config.model))
+        self.discriminators = DiscriminatorPass(build_discriminator(config.model), build_discriminator(config.model))
+        for net in (self.generators, self.discriminators):
+            init_weights(net, config.init_gain)
+        # plain LSGAN: MONAI otherwise puts a LeakyReLU in front of the MSE
+        self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
+        self.l1 = nn.L1Loss()
+        self.pool_a = ImagePool(config.pool_size, seed=config.seed * 2 + 1)
+        self.pool_b = ImagePool(config.pool_size, seed=config.seed * 2 + 2)
+
+    @property
+    def g_ab(self) -> nn.Module:
+        return self.generators.g_ab
+
+    @property
+    def g_ba(self) -> nn.Module:
+        return self.generators.g_ba
+
+    def optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+        """Adam for both generators together and for both discriminators together, as the reference does."""
+        c = self.config
+        opt_g = torch.optim.Adam(self.generators.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
+        opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
+        return opt_g, opt_d
+
+    def schedulers(self, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> list[Any]:
+        """Constant for ``steps`` iterations, then linear decay to zero over ``decay_steps``."""
+        steps, decay = self.config.steps, max(self.config.decay_steps, 1)
+
+        def factor(step: int) -> float:
+            return 1.0 - max(0, step - steps) / decay
+
+        return [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_d)]
+
+    def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, opt_g: torch.optim.Optimizer,
+                   opt_d: torch.optim.Optimizer, generators: nn.Module | None = None,
+                   discriminators: nn.Module | None = None, autocast: bool = False) -> dict[str, torch.Tensor]:
+        """One iteration: update both generators, then both discriminators.
+
+        Args:
+            real_a: batch of domain-A slices (N, 1, H, W) in [-1, 1].
+            real_b: batch of domain-B slices.
+            opt_g: optimiser of the generators.
+            opt_d: optimiser of the discriminators.
+            generators: the (possibly DDP-wrapped or compiled) :class:`GeneratorPass`; defaults to our own.
+            discriminators: likewise for :class:`DiscriminatorPass`.
+            autocast: bf16 autocast (CUDA).
+
+        Returns:
+            Detached loss tensors; nothing here waits for the device, so logging decides when to sync.
+        """
+        c = self.config
+        generators = generators if generators is not None else self.generators
+        discriminators = discriminators if discriminators is not None else self.discriminators
+        device_type = real_a.device.type
+        use_identity = c.lambda_identity > 0
+
+        # generators: the discriminators are only judges here
+        self.discriminators.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            out = generators(real_a, real_b, use_identity)
+            judge_a, judge_b = self.discriminators(out["fake_a"], out["fake_b"])
+        loss_g_ab = self.adversarial(judge_b.float(), target_is_real=True, for_discriminator=False)
+        loss_g_ba = self.adversarial(judge_a.float(), target_is_real=True, for_discriminator=False)
+        loss_cycle_a = self.l1(out["rec_a"].float(), real_a) * c.lambda_cycle
+        loss_cycle_b = self.l1(out["rec_b"].float(), real_b) * c.lambda_cycle
+        loss_g = loss_g_ab + loss_g_ba + loss_cycle_a + loss_cycle_b
+        losses = {"g_ab": loss_g_ab, "g_ba": loss_g_ba, "cycle_a": loss_cycle_a, "cycle_b": loss_cycle_b}
+        if use_identity:
+            weight = c.lambda_cycle * c.lambda_identity
+            losses["idt_a"] = self.l1(out["idt_a"].float(), real_a) * weight
+            losses["idt_b"] = self.l1(out["idt_b"].float(), real_b) * weight
+            loss_g = loss_g + losses["idt_a"] + losses["idt_b"]
+        loss_g.backward()
+        opt_g.step()
+
+        # discriminators: real against pooled fakes
+        self.discriminators.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        fake_a = self.pool_a.query(out["fake_a"].detach().float())
+        fake_b = self.pool_b.query(out["fake_b"].detach().float())
+        n = real_a.shape[0]
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+            # one forward over real and fake together (instance norm is per image, so this changes nothing)
+            # keeps DistributedDataParallel at one call per backward
+            logit_a, logit_b = discriminators(torch.cat([real_a, fake_a]), torch.cat([real_b, fake_b]))
+        real_logit_a, fake_logit_a = logit_a[:n], logit_a[n:]
+        real_logit_b, fake_logit_b = logit_b[:n], logit_b[n:]
+        loss_d_a = 0.5 * (self.adversarial(real_logit_a.float(), target_is_real=True, for_discriminator=True)
+                          + self.adversarial(fake_logit_a.float(), target_is_real=False, for_discriminator=True))
+        loss_d_b = 0.5 * (self.adversarial(real_logit_b.float(), target_is_real=True, for_discriminator=True)
+                          + self.adversarial(fake_logit_b.float(), target_is_real=False, for_discriminator=True))
+        (loss_d_a + loss_d_b).backward()
+        opt_d.step()
+        losses.update(d_a=loss_d_a, d_b=loss_d_b)
+        return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"].detach(),
+                                                              "_fake_a": out["fake_a"].detach()}
+
+
+def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: nn.Module,
+                 stats: dict[str, dict[str, float]], extra: dict[str, Any] | None = None, half: bool = False) -> Path:
+    """Write the inference-ready model: both generators, the configuration, each domain's intensity statistics
+    and the domain names, in a file that ``torch.load(..., weights_only=True)`` reads.
+
+    Args:
+        path: output ``model.pt``.
+        config: the training configuration.
+        g_ab: generator from domain A to B.
+        g_ba: generator from B to A.
+        stats: ``{domain name: IntensityStats dict}``.
+        extra: more JSON-like information (validation figures, steps).
+        half: store weights as float16 (halves the file; they are computed in float32 again at load).
+    """
+    from medsynth.training import atomic_save
+
+    def weights(net: nn.Module) -> dict[str, torch.Tensor]:
+        net = getattr(net, "_orig_mod", getattr(net, "module", net))
+        state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+        return {k: (v.half() if half and v.is_floating_point() else v) for k, v in state.items()}
+
+    payload = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "domains": list(config.names),
+        "config": config.to_dict(),
+        "stats": stats,
+        "generators": {"a_to_b": weights(g_ab), "b_to_a": weights(g_ba)},
+        "extra": extra or {},
+    }
+    return atomic_save(payload, Path(path))
+
+
+def parameters_of(*nets: nn.Module) -> list[nn.Parameter]:
+    """All parameters of several networks (for gradient clipping or counting)."""
+    return list(itertools.chain.from_iterable(n.parameters() for n in nets))

@@ -1,0 +1,467 @@
+"""Classical X-ray enhancement: histogram equalisation, CLAHE, denoising, sharpening and gamma.
+
+Each step is a scikit-image or SimpleITK filter; this module only chains them, in the order given, on
+floats. The image is normalised to [0, 1] by its value range (by default its own min/max), every step works
+and stays in [0, 1], and the result is mapped back to the same range. Nothing is quantised to 8 bits on the
+way, so a 16-bit input keeps its depth (the bins used by the histogram steps grow with the depth).
+
+Example:
+    >>> config = EnhanceConfig(steps="clahe,denoise,sharpen")           # doctest: +SKIP
+    >>> out = enhance(xray, config, value_range=(0, 65535))              # doctest: +SKIP
+    >>> image_stats(out, value_range=(0, 65535))["edge_strength"]        # doctest: +SKIP
+
+The same chain is a MONAI transform (:class:`Enhance`, :class:`Enhanced`) for training pipelines, and a
+command, ``medsynth-enhance INPUT OUTPUT --steps clahe,denoise,sharpen``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+from medsynth.cli import exit_on_error
+from medsynth.errors import InputError
+
+STEPS: tuple[str, ...] = ("histeq", "clahe", "denoise", "sharpen", "gamma")
+DENOISE_METHODS: tuple[str, ...] = ("nlmeans", "bilateral", "curvature")
+SHARPEN_METHODS: tuple[str, ...] = ("unsharp", "laplacian")
+OUTPUT_FORMATS: tuple[str, ...] = ("same", "png", "jpg", "tif", "dcm", "nii.gz")
+
+# Bins of the histogram steps: 8-bit data gets one bin per grey level; deeper data more bins, so that
+# equalisation does not merge levels 8-bit would merge. CLAHE uses fewer (its tiles hold few pixels).
+_HISTEQ_BINS = {8: 256, 16: 65536}
+_CLAHE_BINS = {8: 256, 16: 1024}
+
+
+@dataclass
+class EnhanceConfig:
+    """Which steps to run, in order, and their settings.
+
+    Attributes:
+        steps: names from :data:`STEPS` in the order to apply them; a comma-separated string is accepted.
+        clahe_clip: CLAHE clip limit as a fraction of a tile's pixels for 256 bins (scikit-image's
+            ``clip_limit``; scaled by 256/bins when more bins are used, so the limit means the same for
+            16-bit input). 0 gives plain adaptive equalisation; higher gives more contrast.
+        clahe_tile: CLAHE tile (kernel) size in pixels; None uses 1/8 of the image per axis.
+        clahe_bins: CLAHE histogram bins; None: 256 for 8-bit data, 1024 for deeper data.
+        histeq_bins: histogram equalisation bins; None: 256 for 8-bit data, 65536 for deeper data.
+        denoise_method: ``"nlmeans"`` (scikit-image non-local means), ``"bilateral"`` or ``"curvature"``
+            (SimpleITK bilateral filter, curvature flow).
+        denoise_strength: multiplies the noise level estimated from the image (``estimate_sigma``): non-local
+            means ``h = 0.8 * strength * sigma``; bilateral range sigma ``2 * strength * sigma``; curvature
+            flow runs ``round(5 * strength)`` iterations.
+        denoise_spatial: bilateral spatial (domain) sigma in pixels.
+        sharpen_method: ``"unsharp"`` (scikit-image unsharp mask) or ``"laplacian"`` (SimpleITK Laplacian
+            sharpening, blended with the image by ``sharpen_amount``).
+        sharpen_amount: unsharp-mask amount (0 = no change).
+        sharpen_radius: unsharp-mask Gaussian radius in pixels.
+        gamma: exponent of ``adjust_gamma`` (< 1 brightens, > 1 darkens).
+    """
+
+    steps: Sequence[str] | str = ("clahe",)
+    clahe_clip: float = 0.01
+    clahe_tile: int | None = None
+    clahe_bins: int | None = None
+    histeq_bins: int | None = None
+    denoise_method: str = "nlmeans"
+    denoise_strength: float = 1.0
+    denoise_spatial: float = 2.0
+    sharpen_method: str = "unsharp"
+    sharpen_amount: float = 1.0
+    sharpen_radius: float = 2.0
+    gamma: float = 0.8
+
+    def __post_init__(self) -> None:
+        self.steps = parse_steps(self.steps)
+        _choice("--denoise-method", self.denoise_method, DENOISE_METHODS)
+        _choice("--sharpen-method", self.sharpen_method, SHARPEN_METHODS)
+        for name, value, low in (("--clahe-clip", self.clahe_clip, 0.0), ("--sharpen-amount", self.sharpen_amount, 0.0),
+                                 ("--denoise-strength", self.denoise_strength, 0.0)):
+            if not (np.isfinite(value) and value >= low):
+                raise InputError(name, f"must be a number >= {low:g}, got {value}")
+        for name, value in (("--sharpen-radius", self.sharpen_radius), ("--gamma", self.gamma),
+                            ("--denoise-spatial", self.denoise_spatial)):
+            if not (np.isfinite(value) and value > 0):
+                raise InputError(name, f"must be a number > 0, got {value}")
+        for name, value, low in (("--clahe-tile", self.clahe_tile, 2), ("--clahe-bins", self.clahe_bins, 2),
+                                 ("--histeq-bins", self.histeq_bins, 2)):
+            if value is not None and (int(value) != value or value < low):
+                raise InputError(name, f"must be a whole number >= {low}, got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Settings as plain JSON-able values."""
+        d = asdict(self)
+        d["steps"] = list(self.steps)
+        return d
+
+
+def parse_steps(steps: Sequence[str] | str) -> tuple[str, ...]:
+    """``"clahe, denoise"`` or ``["clahe", "denoise"]`` -> ``("clahe", "denoise")``, checked against STEPS.
+
+    Raises:
+        InputError: an unknown step name (path ``--steps``).
+    """
+    items = steps.split(",") if isinstance(steps, str) else list(steps)
+    names = tuple(str(s).strip().lower() for s in items if str(s).strip())
+    unknown = [s for s in names if s not in STEPS]
+    if unknown:
+        raise InputError("--steps", f"unknown step {', '.join(map(repr, unknown))}; choose from {', '.join(STEPS)}")
+    return names
+
+
+def _choice(name: str, value: str, options: Sequence[str]) -> None:
+    if value not in options:
+        raise InputError(name, f"unknown value {value!r}; choose from {', '.join(options)}")
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+def _depth_of(image: np.ndarray, lo: float, hi: float) -> int:
+    """8 for integer-valued data spanning at most 256 levels, else 16 (bins for the histogram steps)."""
+    if hi - lo <= 255 and np.array_equal(image, np.round(image)):
+        return 8
+    return 16
+
+
+def _histeq(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    from skimage.exposure import equalize_hist
+
+    return equalize_hist(x, nbins=c.histeq_bins or _HISTEQ_BINS[depth])
+
+
+def _clahe(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    from skimage.exposure import equalize_adapthist
+
+    bins = c.clahe_bins or _CLAHE_BINS[depth]
+    return equalize_adapthist(x, kernel_size=c.clahe_tile, clip_limit=c.clahe_clip * 256 / bins, nbins=bins)
+
+
+def _denoise(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means, estimate_sigma
+
+    sigma = float(estimate_sigma(x))
+    if not sigma > 0 or c.denoise_strength == 0:
+        return x
+    if c.denoise_method == "nlmeans":
+        return denoise_nl_means(x, h=0.8 * c.denoise_strength * sigma, sigma=sigma, patch_size=5,
+                                patch_distance=6, fast_mode=True, preserve_range=True)
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(x.astype(np.float32))
+    if c.denoise_method == "bilateral":
+        out = sitk.Bilateral(image, domainSigma=c.denoise_spatial, rangeSigma=2.0 * c.denoise_strength * sigma)
+    else:  # curvature flow; 0.125 is the stable time step in 2-D
+        out = sitk.CurvatureFlow(image, timeStep=0.125, numberOfIterations=max(1, round(5 * c.denoise_strength)))
+    return sitk.GetArrayFromImage(out).astype(np.float64)
+
+
+def _sharpen(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    if c.sharpen_method == "unsharp":
+        from skimage.filters import unsharp_mask
+
+        return unsharp_mask(x, radius=c.sharpen_radius, amount=c.sharpen_amount, preserve_range=True)
+    import SimpleITK as sitk
+
+    sharp = sitk.GetArrayFromImage(sitk.LaplacianSharpening(sitk.GetImageFromArray(x.astype(np.float32)),
+                                                            useImageSpacing=False))
+    return x + c.sharpen_amount * (sharp.astype(np.float64) - x)
+
+
+def _gamma(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    from skimage.exposure import adjust_gamma
+
+    return adjust_gamma(x, gamma=c.gamma)
+
+
+_STEP_FUNCTIONS: dict[str, Callable[[np.ndarray, EnhanceConfig, int], np.ndarray]] = {
+    "histeq": _histeq, "clahe": _clahe, "denoise": _denoise, "sharpen": _sharpen, "gamma": _gamma,
+}
+
+
+def enhance(image: np.ndarray, config: EnhanceConfig | Sequence[str] | str,
+            value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Run the enhancement chain on one 2-D image.
+
+    Args:
+        image: (rows, cols) array in any units.
+        config: an :class:`EnhanceConfig`, or just the steps (``"clahe,sharpen"``) with default settings.
+        value_range: (min, max) the image is normalised by, e.g. ``meta.value_range`` of a file read by
+            :func:`medsynth.image2d.read_image2d`; default the image's own min/max. Equalising steps stretch
+            their output over the whole range.
+
+    Returns:
+        float32 array of the same shape, within ``value_range``. A constant image is returned unchanged.
+    """
+    if not isinstance(config, EnhanceConfig):
+        config = EnhanceConfig(steps=config)
+    values = np.asarray(image, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"enhance expects a 2-D image, got shape {values.shape}")
+    if value_range is None:
+        lo, hi = float(values.min()), float(values.max())
+    else:
+        lo, hi = (float(v) for v in value_range)
+    if not hi > lo or not config.steps:
+        return values.astype(np.float32)
+    depth = _depth_of(values, lo, hi)
+    x = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    for step in config.steps:
+        x = np.clip(_STEP_FUNCTIONS[step](x, config, depth), 0.0, 1.0)
+    return (x * (hi - lo) + lo).astype(np.float32)
+
+
+def image_stats(image: np.ndarray, value_range: tuple[float, float] | None = None) -> dict[str, float]:
+    """Simple quality figures of a 2-D image, computed on it normalised to [0, 1] by ``value_range``.
+
+    Use the same ``value_range`` (the input's) for a before/after pair so the figures compare.
+
+    Returns:
+        ``contrast``: RMS contrast (standard deviation); ``local_contrast``: mean standard deviation in
+        9x9-pixel windows; ``entropy``: Shannon entropy in bits of a 256-bin histogram over [0, 1] (the same
+        bins for 8- and 16-bit input, so values compare across depths; at most 8); ``edge_strength``: mean
+        Sobel gradient magnitude (``skimage.filters.sobel``); ``noise_sigma``: noise standard deviation
+        estimated by ``skimage.restoration.estimate_sigma``; ``mean``.
+    """
+    from scipy.ndimage import uniform_filter
+    from skimage.filters import sobel
+    from skimage.restoration import estimate_sigma
+
+    values = np.asarray(image, dtype=np.float64)
+    lo, hi = value_range if value_range is not None else (values.min(), values.max())
+    x = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
+    mean = uniform_filter(x, size=9, mode="reflect")
+    local_var = np.maximum(uniform_filter(x * x, size=9, mode="reflect") - mean * mean, 0.0)
+    counts, _ = np.histogram(x, bins=256, range=(0.0, 1.0))
+    p = counts[counts > 0] / counts.sum()
+    stats = {
+        "contrast": float(x.std()),
+        "local_contrast": float(np.sqrt(local_var).mean()),
+        "entropy": float(-(p * np.log2(p)).sum()),
+        "edge_strength": float(sobel(x).mean()),
+        "noise_sigma": float(estimate_sigma(x)) if min(x.shape) > 1 else 0.0,
+        "mean": float(x.mean()),
+    }
+    return {k: round(v, 6) for k, v in stats.items()}
+
+
+# --------------------------------------------------------------------------------------------- MONAI
+
+
+def _monai_transforms() -> dict[str, type]:
+    """Build the MONAI transform classes on first use, so importing this module (and ``--help``) stays fast.
+
+    The classes get this module's name and plain qualified names, so they pickle (DataLoader workers) and
+    ``from medsynth.enhance import Enhanced`` works through the module ``__getattr__`` below.
+    """
+    cached = globals().get("_TRANSFORMS")
+    if cached is not None:
+        return cached
+    from monai.transforms import MapTransform, Transform
+    from monai.utils import convert_data_type, convert_to_dst_type
+
+    class Enhance(Transform):
+        """The enhancement chain as a MONAI array transform.
+
+        Accepts (H, W), channel-first (C, H, W) or (C, H, W, D) arrays or tensors (a ``MetaTensor`` keeps its
+        metadata); (C, H, W, D) input is enhanced slice by slice along the last axis. Each 2-D image is
+        normalised by its own min/max unless ``value_range`` is given.
+
+        Example:
+            >>> Compose([LoadImage(), EnsureChannelFirst(), Enhance("clahe,sharpen")])  # doctest: +SKIP
+        """
+
+        def __init__(self, config: EnhanceConfig | Sequence[str] | str = "clahe",
+                     value_range: tuple[float, float] | None = None) -> None:
+            self.config = config if isinstance(config, EnhanceConfig) else EnhanceConfig(steps=config)
+            self.value_range = value_range
+
+        def __call__(self, img: Any) -> Any:
+            array, *_ = convert_data_type(img, np.ndarray)
+            array = np.asarray(array, dtype=np.float32)
+            if array.ndim == 2:
+                out = enhance(array, self.config, self.value_range)
+            elif array.ndim == 3:
+                out = np.stack([enhance(c, self.config, self.value_range) for c in array])
+            elif array.ndim == 4:
+                out = np.stack([np.stack([enhance(c[..., k], self.config, self.value_range)
+                                          for k in range(c.shape[-1])], axis=-1) for c in array])
+            else:
+                raise ValueError(f"Enhance expects (H, W), (C, H, W) or (C, H, W, D), got shape {array.shape}")
+            result, *_ = convert_to_dst_type(out, img, dtype=np.float32 if isinstance(img, np.ndarray) else None)
+            return result
+
+    class Enhanced(MapTransform):
+        """Dictionary version of :class:`Enhance`, e.g. ``Enhanced("image", "clahe")`` in a training chain."""
+
+        def __init__(self, keys: Any, config: EnhanceConfig | Sequence[str] | str = "clahe",
+                     value_range: tuple[float, float] | None = None, allow_missing_keys: bool = False) -> None:
+            super().__init__(keys, allow_missing_keys)
+            self.enhancer = Enhance(config, value_range)
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                d[key] = self.enhancer(d[key])
+            return d
+
+    classes: dict[str, type] = {"Enhance": Enhance, "Enhanced": Enhanced}
+    for name, cls in classes.items():
+        cls.__module__ = __name__
+        cls.__qualname__ = name
+    globals().update(classes)
+    globals()["_TRANSFORMS"] = classes
+    return classes
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Enhance", "Enhanced"):
+        return _monai_transforms()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth-enhance",
+        description="Enhance 2-D X-rays (PNG, JPEG, TIFF, DICOM) with a chain of classical filters. Prints one "
+                    "JSON line per image with contrast, entropy and edge strength before and after.",
+    )
+    p.add_argument("input", help="image file, or a folder (searched recursively)")
+    p.add_argument("output", help="output file; its suffix picks the format (.png .jpg .tif .dcm .nii.gz); "
+                                  "a folder when INPUT is a folder")
+    p.add_argument("--steps", default="clahe", help=f"comma-separated, applied in order: {', '.join(STEPS)} "
+                                                     "(default: clahe)")
+    p.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit (default 0.01)")
+    p.add_argument("--clahe-tile", type=int, default=None, help="CLAHE tile size in pixels (default 1/8 image)")
+    p.add_argument("--denoise-method", default="nlmeans", choices=DENOISE_METHODS)
+    p.add_argument("--denoise-strength", type=float, default=1.0, help="multiple of the estimated noise level")
+    p.add_argument("--sharpen-method", default="unsharp", choices=SHARPEN_METHODS)
+    p.add_argument("--sharpen-amount", type=float, default=1.0)
+    p.add_argument("--sharpen-radius", type=float, default=2.0, help="unsharp-mask radius in pixels")
+    p.add_argument("--gamma", type=float, default=0.8)
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
+                   help="bits of PNG/TIFF/DICOM output (default: the input's); NIfTI is always float32")
+    p.add_argument("--format", default="same", choices=OUTPUT_FORMATS,
+                   help="output format for folder input (default: each input's own)")
+    p.add_argument("--preview", action="store_true",
+                   help="also write <output stem>_preview.png: before | after, 8-bit")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return p
+
+
+def _output_name(name: str, fmt: str) -> str:
+    from medsynth.io import stem_of
+
+    return name if fmt == "same" else f"{stem_of(name)}.{fmt}"
+
+
+def _plan(source: Path, target: Path, fmt: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file, or a folder mirrored into the output folder."""
+    from medsynth.io import find_files
+
+    if source.is_dir():
+        if target.exists() and not target.is_dir():
+            raise InputError(target, "INPUT is a folder, so OUTPUT must be a folder, not a file")
+        files = find_files([source], what="image2d")
+        return [(f, target / f.relative_to(source).parent / _output_name(f.name, fmt)) for f in files]
+    if not source.exists():
+        raise InputError(source, "no such file or folder")
+    if target.is_dir():
+        return [(source, target / _output_name(source.name, fmt))]
+    return [(source, target)]
+
+
+def _preview_path(output: Path) -> Path:
+    from medsynth.io import stem_of
+
+    return output.with_name(f"{stem_of(output)}_preview.png")
+
+
+def write_preview(path: Path, before: np.ndarray, after: np.ndarray, value_range: tuple[float, float],
+                  max_rows: int = 1024) -> Path:
+    """Write an 8-bit PNG: ``before | after``, both windowed by ``value_range``, labelled, atomically."""
+    from PIL import Image, ImageDraw
+    from skimage.transform import resize
+
+    from medsynth.image2d import atomic_path
+
+    lo, hi = value_range
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    tiles = []
+    for a in (before, after):
+        a = np.asarray(a, dtype=np.float64)
+        if a.shape[0] > max_rows:
+            a = resize(a, (max_rows, round(a.shape[1] * max_rows / a.shape[0])), anti_aliasing=True,
+                       preserve_range=True)
+        tiles.append(np.clip((a - lo) * scale, 0, 255).astype(np.uint8))
+    gap = np.full((tiles[0].shape[0], 8), 128, np.uint8)
+    canvas = Image.fromarray(np.concatenate([tiles[0], gap, tiles[1]], axis=1))
+    draw = ImageDraw.Draw(canvas)
+    for x, label in ((4, "before"), (tiles[0].shape[1] + 12, "after")):
+        draw.rectangle((x, 2, x + 6 * len(label) + 4, 14), fill=0)
+        draw.text((x + 2, 2), label, fill=255)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+@exit_on_error
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medsynth-enhance INPUT OUTPUT [--steps clahe,denoise,sharpen] ...``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from medsynth.image2d import format_of, write_image2d
+    from medsynth.io import check_output, load_image, save_like, suffix_of
+
+    config = EnhanceConfig(
+        steps=args.steps, clahe_clip=args.clahe_clip, clahe_tile=args.clahe_tile,
+        denoise_method=args.denoise_method, denoise_strength=args.denoise_strength,
+        sharpen_method=args.sharpen_method, sharpen_amount=args.sharpen_amount,
+        sharpen_radius=args.sharpen_radius, gamma=args.gamma,
+    )
+    source, target = Path(args.input), Path(args.output)
+    plan = _plan(source, target, args.format)
+    for src, out in plan:  # refuse before any work is done
+        if format_of(out) is None and suffix_of(out) not in (".nii", ".nii.gz"):
+            raise InputError(out, "unsupported output type; use .png, .jpg, .tif, .dcm, .nii or .nii.gz")
+        if format_of(out) == "jpeg" and args.bit_depth == 16:
+            raise InputError(out, "JPEG stores 8 bits; use .png or .tif for 16-bit output")
+        check_output(out, [src], args.overwrite)
+        if args.preview:
+            check_output(_preview_path(out), [src], args.overwrite)
+
+    for src, out in tqdm(plan, desc="enhance", unit="image", disable=len(plan) < 2, file=sys.stderr):
+        started = time.perf_counter()
+        image = load_image(src)
+        if image.format != "image2d":
+            raise InputError(src, "not a 2-D image (medsynth-enhance takes PNG, JPEG, TIFF or DICOM)")
+        meta = image.native
+        before = image.array[:, :, 0]
+        after = enhance(before, config, value_range=meta.value_range)
+        if suffix_of(out) in (".nii", ".nii.gz"):
+            save_like(image, after[:, :, None], out, overwrite=True)
+        else:
+            write_image2d(out, after, meta, bit_depth=args.bit_depth)
+        record: dict[str, Any] = {
+            "input": str(src), "output": str(out), "steps": list(config.steps),
+            "before": image_stats(before, meta.value_range), "after": image_stats(after, meta.value_range),
+        }
+        if args.preview:
+            record["preview"] = str(write_preview(_preview_path(out), before, after, meta.value_range))
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

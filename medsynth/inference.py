@@ -1,0 +1,329 @@
+"""Translator: load a model once, translate many volumes slice by slice with the input's geometry intact.
+
+Pipeline: reorient to RAS (MONAI ``Orientation``, no resampling) -> normalise with the input's own robust
+statistics -> MONAI ``SliceInferer`` over batches of slices (padded to what the generator needs, cropped
+back) along one axis, or all three fused -> map to the target domain's intensities with the statistics stored
+in the model, background outside the input's foreground -> undo the reorientation. Shape, affine and header of
+the output are the input's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.config import AXES, AXIS_INDEX, TrainConfig
+from medsynth.errors import InputError
+from medsynth.io import Image, check_output, load_image, save_like
+
+Progress = Callable[[int, int], None]
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL = MODELS_DIR / "default_t1t2.pt"
+AXIS_CHOICES = AXES + ("all",)
+
+
+def default_model_path() -> Path:
+    """The model packaged with medsynth (T1 <-> T2 brain MRI)."""
+    return DEFAULT_MODEL
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """Load and check a ``model.pt`` (or a run folder holding one) with ``weights_only=True``.
+
+    Raises:
+        InputError: missing, unreadable, or not a medsynth model.
+    """
+    from medsynth.cyclegan import MODEL_FORMAT
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.exists():
+        raise InputError(path, "no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        # weights_only refuses pickled code too: a stranger's file cannot run anything here
+        raise InputError(path, f"not a medsynth model (cannot be read: {type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise InputError(path, "not a medsynth model (no medsynth model header)")
+    return payload
+
+
+class Translator:
+    """Translates volumes and 2D images between a model's two domains.
+
+    Build it once (``Translator.from_file``) and call :meth:`translate` or :meth:`translate_file` many times;
+    the networks stay on the device.
+
+    Args:
+        g_ab: generator from the first domain to the second.
+        g_ba: generator from the second domain to the first.
+        config: the model's training configuration (domain names, generator, enhancement).
+        stats: each domain's intensity statistics (``IntensityStats`` dicts by domain name).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        batch_size: slices per forward pass (default: 8 on CPU, 64 on CUDA).
+        amp: bf16 autocast on CUDA.
+        source: where the model came from (for messages).
+
+    Example:
+        >>> t = Translator.from_file("run/model.pt")            # doctest: +SKIP
+        >>> t.translate_file("sub01_t1.nii.gz", "sub01_t2.nii.gz", direction="t1-to-t2")  # doctest: +SKIP
+    """
+
+    def __init__(self, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig, stats: dict[str, dict[str, float]],
+                 device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
+                 source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False) -> None:
+        from medsynth.networks import generator_stride
+        from medsynth.training import resolve_device
+
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.config = config
+        self.source = str(source)
+        self.domains: tuple[str, str] = (config.names[0], config.names[1])
+        self.stats = stats
+        self.stride = generator_stride(config.model)
+        on_cuda = self.device.type == "cuda"
+        self.batch_size = batch_size or (64 if on_cuda else 8)
+        self.amp = amp and on_cuda
+        self.channels_last = on_cuda if channels_last is None else channels_last
+        self.networks: dict[str, nn.Module] = {}
+        for name, net in ((f"{self.domains[0]}-to-{self.domains[1]}", g_ab),
+                          (f"{self.domains[1]}-to-{self.domains[0]}", g_ba)):
+            net = net.to(self.device).eval()
+            if self.channels_last:
+                net = net.to(memory_format=torch.channels_last)
+            self.networks[name] = torch.compile(net) if compile else net
+
+    # ---- construction --------------------------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, model_path: str | Path | None = None, device: str | torch.device = "auto",
+                  **kwargs: Any) -> Translator:
+        """Load a ``model.pt`` (or a run folder); ``None`` loads the packaged default model."""
+        from medsynth.networks import build_generator
+
+        path = Path(model_path) if model_path is not None else default_model_path()
+        payload = read_model_file(path)
+        try:
+            config = TrainConfig.from_dict(payload["config"])
+            nets = []
+            for key in ("a_to_b", "b_to_a"):
+                net = build_generator(config.model)
+                state = {k: v.float() if v.is_floating_point() else v for k, v in payload["generators"][key].items()}
+                net.load_state_dict(state)
+                nets.append(net)
+            stats = payload["stats"]
+            for name in config.names:
+                if name not in stats:
+                    raise KeyError(name)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(path, f"a damaged medsynth model ({type(exc).__name__}: {exc})") from None
+        return cls(nets[0], nets[1], config, stats, device=device, source=path, **kwargs)
+
+    @classmethod
+    def from_networks(cls, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig,
+                      stats: dict[str, dict[str, float]], device: str | torch.device = "auto",
+                      **kwargs: Any) -> Translator:
+        """Wrap networks in memory (validation during training). The networks are used, not copied."""
+        translator = cls.__new__(cls)
+        cls.__init__(translator, g_ab, g_ba, config, stats, device=device, source="<training>", **kwargs)
+        return translator
+
+    # ---- information ---------------------------------------------------------------------------------------
+    @property
+    def directions(self) -> list[str]:
+        """``["<a>-to-<b>", "<b>-to-<a>"]``."""
+        return list(self.networks)
+
+    def info(self) -> dict[str, Any]:
+        """What a client needs to know: domains, directions, axes, generator."""
+        return {"source": self.source, "domains": list(self.domains), "directions": self.directions,
+                "axes": list(AXIS_CHOICES), "generator": self.config.model.generator, "ngf": self.config.model.ngf,
+                "size": self.config.size, "enhance": list(self.config.enhance), "device": str(self.device)}
+
+    def _resolve_direction(self, direction: str | None) -> tuple[str, str, str]:
+        direction = direction or self.directions[0]
+        key = direction.lower()
+        if key not in self.networks:
+            raise InputError(self.source, f"direction {direction!r} is not one of this model's: {', '.join(self.directions)}")
+        src, dst = key.split("-to-")
+        return key, src, dst
+
+    # ---- translation ---------------------------------------------------------------------------------------
+    def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = "mean",
+                  progress: Progress | None = None) -> Any:
+        """Translate one volume (or 2D image).
+
+        Args:
+            volume: a path, a ``medsynth.io.Image``, a nibabel image or a MONAI ``MetaTensor`` ((X, Y, Z) or
+                (1, X, Y, Z) with its affine).
+            direction: e.g. ``"t1-to-t2"``; default: the model's first.
+            axis: ``axial``, ``coronal``, ``sagittal`` or ``all`` (the three fused).
+            fuse: ``mean`` or ``median`` for ``axis="all"``.
+            progress: called with (slices done, slices in all).
+
+        Returns:
+            The same kind of object as given (a path gives an ``Image``), with the input's geometry.
+        """
+        if isinstance(volume, (str, os.PathLike)):
+            volume = load_image(volume)
+        if isinstance(volume, Image):
+            out = self.translate_array(volume.array, volume.affine, direction, axis, fuse, progress, volume.path)
+            return Image(array=out, affine=volume.affine, path=volume.path, format=volume.format, native=volume.native)
+        from monai.data import MetaTensor
+
+        if isinstance(volume, MetaTensor):
+            array = volume.as_tensor().detach().cpu().numpy().astype(np.float32)
+            channel = array.ndim == 4
+            arr3 = array[0] if channel else array
+            out = self.translate_array(arr3, np.asarray(volume.affine, np.float64), direction, axis, fuse, progress)
+            out = out[None] if channel else out
+            return MetaTensor(torch.from_numpy(out), affine=volume.affine.clone(), meta=dict(volume.meta))
+        import nibabel as nib
+
+        if isinstance(volume, nib.spatialimages.SpatialImage):
+            array = np.asarray(volume.get_fdata(dtype=np.float32))
+            shape = array.shape
+            arr3 = array.reshape(shape[:3]) if array.ndim > 3 and all(n == 1 for n in shape[3:]) else array
+            if arr3.ndim != 3:
+                raise InputError("<nibabel image>", f"shape {shape}: give one 3D volume")
+            from medsynth.io import validate_array
+
+            validate_array(arr3, "<nibabel image>")
+            out = self.translate_array(arr3, np.asarray(volume.affine), direction, axis, fuse, progress)
+            header = volume.header.copy()
+            header.set_data_dtype(np.float32)
+            result = type(volume)(out.reshape(shape).astype(np.float32), None, header=header)
+            result.header.set_slope_inter(None, None)
+            return result
+        raise TypeError(f"cannot translate a {type(volume).__name__}: give a path, nibabel image or MetaTensor")
+
+    def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
+                       axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
+                       progress: Progress | None = None) -> Path:
+        """Translate a file and write the result with the input's format and geometry (atomically).
+
+        Raises:
+            InputError: bad input, an output that exists (without ``overwrite``) or would replace the input.
+        """
+        self._resolve_direction(direction)
+        check_output(output_path, [input_path], overwrite)
+        image = load_image(input_path)
+        out = self.translate(image, direction, axis, fuse, progress)
+        return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
+
+    @torch.no_grad()
+    def translate_array(self, array: np.ndarray, affine: np.ndarray, direction: str | None = None,
+                        axis: str = "axial", fuse: str = "mean", progress: Progress | None = None,
+                        source: str | Path = "<array>") -> np.ndarray:
+        """Core of :meth:`translate` on an (I, J, K) array and its voxel-to-RAS affine."""
+        from monai.data import MetaTensor
+        from monai.transforms import Orientation
+
+        from medsynth.transforms import RAS_LABELS, IntensityStats, denormalise, intensity_stats, normalise
+
+        key, _, dst = self._resolve_direction(direction)
+        if axis not in AXIS_CHOICES:
+            raise InputError(axis, f"unknown axis: use one of {', '.join(AXIS_CHOICES)}")
+        if fuse not in ("mean", "median"):
+            raise InputError(fuse, "unknown fusion: use mean or median")
+        array = np.asarray(array, dtype=np.float32)
+        if array.ndim != 3:
+            raise InputError(source, f"shape {array.shape}: expected a 3D volume")
+        orientation = Orientation(axcodes="RAS", labels=RAS_LABELS)
+        ras = orientation(MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None],
+                                     affine=torch.as_tensor(affine, dtype=torch.float64)))
+        x = ras.as_tensor()
+        if self.config.enhance:
+            from medsynth.transforms import EnhanceSliced
+
+            x = EnhanceSliced("image", self.config.enhance)({"image": x})["image"]
+        stats = intensity_stats(x)
+        foreground = x > stats.threshold
+        x = normalise(x, stats)
+        # a one-slice image (2D domain) can only be sliced along its plane
+        # a one-slice image (a 2D domain) can only be translated in its own plane
+        axes = ["axial"] if x.shape[-1] == 1 else list(AXES if axis == "all" else (axis,))
+        network = self.networks[key]
+        total = sum(x.shape[AXIS_INDEX[a] + 1] for a in axes)
+        counter = _Counter(total, progress)
+        outputs = [self._infer_axis(network, x, a, counter) for a in axes]
+        if len(outputs) == 1:
+            y = outputs[0]
+        elif fuse == "mean":
+            y = torch.stack(outputs).mean(0)
+        else:
+            y = torch.stack(outputs).median(0).values
+        del outputs
+        target = IntensityStats.from_dict(self.stats[dst])
+        y = denormalise(y, target, foreground)
+        restored = orientation.inverse(MetaTensor(y, meta=ras.meta, applied_operations=ras.applied_operations))
+        return restored.as_tensor()[0].numpy().astype(np.float32)
+
+    def _infer_axis(self, network: nn.Module, x: torch.Tensor, axis: str, counter: _Counter) -> torch.Tensor:
+        from monai.inferers import SliceInferer
+
+        dim = AXIS_INDEX[axis]
+        plane = [n for i, n in enumerate(x.shape[1:]) if i != dim]
+        roi = [int(math.ceil(n / self.stride) * self.stride) for n in plane]
+        on_cuda = self.device.type == "cuda"
+        inferer = SliceInferer(roi_size=roi, sw_batch_size=self.batch_size, spatial_dim=dim, overlap=0.0,
+                               mode="constant", padding_mode="constant", cval=-1.0, progress=False,
+                               sw_device=self.device, device=self.device if on_cuda else torch.device("cpu"))
+
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = network(batch)
+            counter.add(batch.shape[0])
+            return out.float()
+
+        source = x[None].to(self.device) if on_cuda else x[None]
+        y = inferer(source, run)
+        return torch.as_tensor(y)[0].to("cpu")
+
+    def translate_files(self, inputs: Sequence[Path], output_dir: str | Path, direction: str | None = None,
+                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
+                        progress: Progress | None = None,
+                        on_done: Callable[[Path, Path | None, str | None], None] | None = None) -> list[tuple[Path, str]]:
+        """Translate many files into ``output_dir`` (same file names); a bad file does not stop the others.
+
+        Returns:
+            ``(input, problem)`` for every file that failed.
+        """
+        failures: list[tuple[Path, str]] = []
+        output_dir = Path(output_dir)
+        for path in inputs:
+            out = output_dir / Path(path).name
+            try:
+                self.translate_file(path, out, direction, axis, fuse, dtype, overwrite, progress)
+            except InputError as exc:
+                failures.append((Path(path), str(exc)))
+                if on_done:
+                    on_done(Path(path), None, str(exc))
+                continue
+            if on_done:
+                on_done(Path(path), out, None)
+        return failures
+
+
+class _Counter:
+    """Counts slices through the network and reports (done, total)."""
+
+    def __init__(self, total: int, callback: Progress | None) -> None:
+        self.total, self.done, self.callback = total, 0, callback
+
+    def add(self, n: int) -> None:
+        self.done = min(self.done + n, self.total)
+        if self.callback is not None:
+            self.callback(self.done, self.total)

@@ -1,0 +1,363 @@
+"""Finding inputs, reading them with validation and clear errors, writing outputs atomically.
+
+Every image inside medsynth is an :class:`Image`: a float32 array in the file's own voxel order (I, J, K) and
+the voxel-to-RAS affine, plus the object it was read from so that an output can be written back with exactly
+the input's geometry (for NIfTI the whole header, qform and sform with their codes included).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from medsynth.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Image:
+    """An image read from disk.
+
+    Attributes:
+        array: float32 voxels, shape (I, J, K); a 2D image is (rows, cols, 1).
+        affine: 4x4 voxel-to-RAS (mm) matrix.
+        path: where it was read from.
+        format: ``"nifti"``, ``"itk"`` or ``"image2d"``.
+        native: what the reader returned (nibabel image, SimpleITK image, 2D metadata), used to write back.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    format: str
+    native: Any = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The on-disk data type of the input (before scaling)."""
+        if self.format == "nifti":
+            return np.dtype(self.native.get_data_dtype())
+        if self.format == "itk":
+            import SimpleITK as sitk
+
+            return np.dtype(sitk.GetArrayViewFromImage(self.native).dtype)
+        return np.dtype(np.uint16 if getattr(self.native, "bit_depth", 8) > 8 else np.uint8)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along I, J, K."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+
+def suffix_of(path: str | Path) -> str:
+    """The file's format suffix in lower case, ``.nii.gz`` counted as one."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def stem_of(path: str | Path) -> str:
+    """The file name without its format suffix."""
+    name = Path(path).name
+    return name[: len(name) - len(suffix_of(path))] if suffix_of(path) else name
+
+
+def natural_key(path: str | Path) -> tuple:
+    """Sort key that puts ``CT (2).png`` before ``CT (10).png``."""
+    parts = re.split(r"(\d+)", str(path))
+    return tuple(int(p) if p.isdigit() else p.lower() for p in parts)
+
+
+def _suffixes_for(what: str) -> tuple[str, ...]:
+    if what == "volume":
+        return VOLUME_SUFFIXES
+    if what == "image2d":
+        return IMAGE2D_SUFFIXES
+    return VOLUME_SUFFIXES + IMAGE2D_SUFFIXES
+
+
+def find_files(sources: Sequence[str | Path] | str | Path, what: str = "any") -> list[Path]:
+    """Expand folders (searched recursively), glob patterns and file names into a sorted list of files.
+
+    Args:
+        sources: folders, glob patterns or files.
+        what: ``"volume"``, ``"image2d"`` or ``"any"``: which suffixes a folder search collects.
+
+    Raises:
+        InputError: a source that does not exist or matches no image.
+    """
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    suffixes = _suffixes_for(what)
+    found: list[Path] = []
+    for source in sources:
+        text = str(source)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            matches = [p for p in path.rglob("*") if p.is_file() and suffix_of(p) in suffixes]
+            if not matches:
+                raise InputError(path, f"no {_describe(what)} found in this folder ({', '.join(suffixes)})")
+            found.extend(sorted(matches, key=natural_key))
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            matches = [Path(p) for p in glob.glob(os.path.expanduser(text), recursive=True)]
+            matches = [p for p in matches if p.is_file()]
+            if not matches:
+                raise InputError(text, "the pattern matches no file")
+            found.extend(sorted(matches, key=natural_key))
+        else:
+            raise InputError(path, "no such file or folder")
+    unique: dict[Path, None] = {}
+    for p in found:
+        unique.setdefault(p, None)
+    return list(unique)
+
+
+def _describe(what: str) -> str:
+    return {"volume": "volumes", "image2d": "2D images"}.get(what, "images")
+
+
+def is_image2d(path: str | Path) -> bool:
+    """Whether the file is a 2D image format (PNG, JPEG, TIFF, DICOM)."""
+    return suffix_of(path) in IMAGE2D_SUFFIXES
+
+
+def load_image(path: str | Path, expect: str = "any") -> Image:
+    """Read and validate an image.
+
+    Args:
+        path: a NIfTI, MHA/MHD/NRRD, PNG/JPEG/TIFF or DICOM file.
+        expect: ``"volume"`` refuses 2D images (and volumes with a single slice), ``"any"`` takes both.
+
+    Raises:
+        InputError: the file is missing, unreadable, not an image, 2D where a volume is expected, has more than
+            one frame, or holds NaN/Inf or only zeros.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image file")
+    suffix = suffix_of(path)
+    if suffix in NIFTI_SUFFIXES:
+        image = _load_nifti(path)
+    elif suffix in ITK_SUFFIXES:
+        image = _load_itk(path)
+    elif suffix in IMAGE2D_SUFFIXES:
+        if expect == "volume":
+            raise InputError(path, "a 2D image where a 3D volume is expected")
+        image = _load_image2d(path)
+    else:
+        raise InputError(path, f"not a supported image file (expected one of {', '.join(VOLUME_SUFFIXES + IMAGE2D_SUFFIXES)})")
+    if expect == "volume" and sum(s > 1 for s in image.array.shape) < 3:
+        raise InputError(path, f"a 2D image (shape {tuple(image.array.shape)}) where a 3D volume is expected")
+    validate_array(image.array, path)
+    return image
+
+
+def validate_array(array: np.ndarray, path: str | Path) -> None:
+    """Refuse arrays that no model can use: NaN/Inf voxels, all zeros, or a constant value."""
+    if array.size == 0:
+        raise InputError(path, "the image is empty")
+    finite = np.isfinite(array)
+    if not finite.all():
+        raise InputError(path, f"{int((~finite).sum())} voxels are NaN or Inf")
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi == 0:
+        raise InputError(path, "all voxels are zero")
+    if lo == hi:
+        raise InputError(path, f"all voxels have the same value ({lo:g})")
+
+
+def _squeeze_frames(data_shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    """The 3D shape to use for a file's data shape; a singleton 4th (and 5th) dimension is dropped."""
+    if len(data_shape) < 2:
+        raise InputError(path, f"not an image: shape {data_shape}")
+    if len(data_shape) == 2:
+        return (*data_shape, 1)
+    extra = data_shape[3:]
+    if any(n != 1 for n in extra):
+        raise InputError(path, f"a {len(data_shape)}D image with {int(np.prod(extra))} frames; give one 3D volume")
+    return tuple(data_shape[:3])
+
+
+def _load_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        shape = _squeeze_frames(tuple(img.shape), path)
+        # get_fdata applies scl_slope/scl_inter, so int16 with scaling comes in its real units
+        array = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel raises many kinds for corrupt or truncated files
+        raise InputError(path, f"cannot read as NIfTI ({_short(exc)})") from None
+    return Image(array=array, affine=np.asarray(img.affine, dtype=np.float64), path=path, format="nifti", native=img)
+
+
+def _load_itk(path: Path) -> Image:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except Exception as exc:
+        raise InputError(path, f"cannot read as an ITK image ({_short(exc)})") from None
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, f"has {img.GetNumberOfComponentsPerPixel()} components per voxel; give a scalar image")
+    if img.GetDimension() > 3:
+        size = img.GetSize()
+        if any(n != 1 for n in size[3:]):
+            raise InputError(path, f"a {img.GetDimension()}D image with {int(np.prod(size[3:]))} frames; give one 3D volume")
+        extractor_size = list(size[:3]) + [0] * (img.GetDimension() - 3)
+        img = sitk.Extract(img, extractor_size, [0] * img.GetDimension())
+    if img.GetDimension() == 2:
+        img = sitk.JoinSeries(img)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(img).transpose(2, 1, 0)).astype(np.float32)
+    return Image(array=array, affine=itk_affine(img), path=path, format="itk", native=img)
+
+
+def _load_image2d(path: Path) -> Image:
+    from medsynth.image2d import read_image2d
+
+    pixels, meta = read_image2d(path)
+    row, col = meta.spacing
+    # rows along I and columns along J keeps the picture as it is when a 2D domain takes "axial" slices
+    affine = np.diag([float(row), float(col), 1.0, 1.0])
+    return Image(array=np.asarray(pixels, np.float32)[:, :, None], affine=affine, path=path, format="image2d", native=meta)
+
+
+def itk_affine(img: Any) -> np.ndarray:
+    """Voxel-to-RAS affine of a 3D SimpleITK image (ITK works in LPS)."""
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * spacing
+    lps[:3, 3] = img.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 160 else text[:157] + "..."
+
+
+def _temporary_sibling(path: Path) -> Path:
+    # the temporary file keeps the real suffix because the writers choose the format (and compression) by it
+    return path.with_name(f".{stem_of(path)}.partial-{uuid.uuid4().hex[:8]}{suffix_of(path)}")
+
+
+def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
+    """Refuse an output that would overwrite an input, or an existing file without ``overwrite``."""
+    path = Path(path)
+    for source in inputs:
+        if Path(source).exists() and path.exists() and os.path.samefile(source, path):
+            raise InputError(path, "the output would overwrite the input")
+        if Path(source).resolve() == path.resolve():
+            raise InputError(path, "the output would overwrite the input")
+    if path.exists() and not overwrite:
+        raise InputError(path, "the output exists; use --overwrite to replace it")
+    if path.is_dir():
+        raise InputError(path, "the output is a folder; give a file name")
+    return path
+
+
+def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.dtype | None = None,
+              overwrite: bool = False) -> Path:
+    """Write ``array`` with exactly the geometry of ``ref``, atomically (temporary name, then rename).
+
+    The format follows ``path``'s suffix. NIfTI to NIfTI keeps the input's whole header (qform, sform, their
+    codes, units); ITK formats keep origin, spacing and direction; a different volume format is written from
+    the affine.
+
+    Args:
+        ref: the image whose geometry the output takes.
+        array: voxels in ``ref``'s (I, J, K) order and shape.
+        path: output file.
+        dtype: ``None``/``"float32"`` for float32, ``"input"`` for the input's on-disk type (rounded, clipped).
+        overwrite: replace an existing output.
+    """
+    path = check_output(path, [ref.path], overwrite)
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape != ref.array.shape:
+        raise ValueError(f"array shape {array.shape} differs from the reference {ref.array.shape}")
+    target = np.dtype(np.float32) if dtype in (None, "float32") else (ref.dtype if dtype == "input" else np.dtype(dtype))
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        array = np.clip(np.rint(array), info.min, info.max)
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        suffix = suffix_of(path)
+        if suffix in NIFTI_SUFFIXES:
+            _write_nifti(ref, array, target, tmp)
+        elif suffix in ITK_SUFFIXES:
+            _write_itk(ref, array, target, tmp)
+        elif suffix in IMAGE2D_SUFFIXES:
+            _write_image2d(ref, array, tmp)
+        else:
+            raise InputError(path, f"cannot write this format (use one of {', '.join(VOLUME_SUFFIXES + IMAGE2D_SUFFIXES)})")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+        if suffix_of(tmp) == ".mhd":
+            tmp.with_suffix(".raw").unlink(missing_ok=True)
+    return path
+
+
+def _write_nifti(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> None:
+    import nibabel as nib
+
+    if ref.format == "nifti":
+        header = ref.native.header.copy()
+        data = array.reshape(ref.native.shape).astype(dtype)
+        header.set_data_dtype(dtype)
+        # affine=None keeps the header's qform and sform (and their codes) exactly as they were
+        out = nib.Nifti1Image(data, None, header=header) if isinstance(ref.native, nib.Nifti1Image) else \
+            nib.Nifti2Image(data, None, header=header)
+        out.header.set_slope_inter(None, None)
+    else:
+        out = nib.Nifti1Image(array.astype(dtype), ref.affine)
+        out.header.set_qform(ref.affine, code=1)
+        out.header.set_sform(ref.affine, code=1)
+        out.header.set_xyzt_units("mm", "sec")
+    nib.save(out, str(path))
+
+
+def _write_itk(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> None:
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(array.astype(dtype).transpose(2, 1, 0)))
+    if ref.format == "itk":
+        img.CopyInformation(ref.native)
+    else:
+        lps = _LPS_TO_RAS @ ref.affine
+        spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+        img.SetSpacing(spacing.tolist())
+        img.SetOrigin(lps[:3, 3].tolist())
+        img.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+    sitk.WriteImage(img, str(path))
+
+
+def _write_image2d(ref: Image, array: np.ndarray, path: Path) -> None:
+    from medsynth.image2d import write_image2d
+
+    if ref.format != "image2d":
+        raise InputError(path, "a volume cannot be written as a 2D image; use .nii.gz, .nrrd or .mha")
+    write_image2d(path, array[:, :, 0], ref.native)

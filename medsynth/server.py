@@ -1,0 +1,883 @@
+"""HTTP inference server (``medsynth-serve``) and a standard-library client for it.
+
+A GPU box loads its models once and translates volumes sent by 3D Slicer, scripts or pipelines:
+
+- ``GET /health``: always open (no token needed); status, number of models, queue figures.
+- ``GET /models``: for each model its name, domains, directions, axes, accepted file suffixes and config summary.
+- ``POST /infer?model=NAME&direction=t1-to-t2&axis=axial&fuse=mean&dtype=float32`` with the volume in the multipart form field
+  ``file`` (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``): answers the translated volume in the same format with
+  the same geometry. ``model`` may be left out when one model is loaded; ``direction`` defaults to the model's.
+
+Model names: ``NAME=PATH`` on the command line (or the keys of a dict given to :func:`create_app`) name a model
+explicitly. Otherwise a model is named after its file's stem (``weights/brain_t1t2.pt`` -> ``brain_t1t2``), except
+that a generic stem (``model``, ``last``, ``best``, ``latest``, ``final``) gives way to the run folder's name
+(``runs/t1t2/model.pt`` or the folder ``runs/t1t2`` -> ``t1t2``).
+
+Safety: the server binds to 127.0.0.1 unless told otherwise; with a token every route but ``/health`` needs
+``Authorization: Bearer <token>``. Uploads are streamed to a temporary folder the server names itself (the upload's
+file name only selects one of the accepted suffixes), the size limit is enforced while streaming, and the folder is
+removed after the answer, whatever happened. Translations run one at a time per worker, in arrival order, from a
+bounded queue; when it is full the answer is 503 with ``Retry-After``.
+
+Only the standard library is imported at module level, so :func:`remote_translate` works in Slicer's Python
+without FastAPI, httpx or requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+
+from medsynth.cli import exit_on_error
+from medsynth.errors import InputError
+
+try:
+    # Module level because FastAPI resolves the routes' string annotations in this module's globals. Optional
+    # because the client half (remote_translate) must import in Slicer's Python, which has no FastAPI.
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+except ImportError:  # pragma: no cover - client-only installs
+    FastAPI = None  # type: ignore[assignment,misc]
+
+log = logging.getLogger("medsynth.server")
+
+#: File suffixes accepted for upload, longest first so ``.nii.gz`` wins over ``.nii``. Header/data pairs
+#: (``.mhd``, ``.nhdr``) are left out: one upload is one file.
+SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+AXES: tuple[str, ...] = ("axial", "coronal", "sagittal", "all")
+FUSES: tuple[str, ...] = ("mean", "median")
+DTYPES: tuple[str, ...] = ("float32", "input")
+GENERIC_STEMS = frozenset({"model", "last", "best", "latest", "final"})
+MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
+
+_FORM_OVERHEAD = 1 << 20  # multipart headers and small extra fields allowed on top of the file size limit
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers shared by server and client
+
+
+def match_suffix(name: str) -> str | None:
+    """Return the accepted suffix that ``name`` ends with (case-insensitive), or None."""
+    lower = name.lower()
+    for suffix in SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return suffix
+    return None
+
+
+def _safe_stem(name: str, suffix: str | None) -> str:
+    """A file-name-safe stem for messages and Content-Disposition; never used as a path."""
+    base = re.split(r"[\\/]", name)[-1]
+    if suffix and base.lower().endswith(suffix):
+        base = base[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:100] or "volume"
+
+
+def model_name(path: str | Path) -> str:
+    """Name of a model file for URLs: its stem, or its run folder's name when the stem is generic.
+
+    Example:
+        >>> model_name("runs/t1t2/model.pt"), model_name("weights/brain_t1t2.pt")
+        ('t1t2', 'brain_t1t2')
+    """
+    path = Path(path)
+    stem = path.stem if path.suffix.lower() in MODEL_SUFFIXES else path.name
+    if stem.lower() in GENERIC_STEMS and path.parent.name:
+        return path.parent.name
+    return stem
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Check a model argument: a model file, or a run folder holding ``model.pt``. Raises InputError."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        inner = path / "model.pt"
+        if not inner.is_file():
+            raise InputError(path, "folder has no model.pt (give the model file or a training run folder)")
+        return inner
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    return path
+
+
+def _name_models(models: Mapping[str, str | Path | None] | Sequence[str | Path] | None) -> dict[str, Path | None]:
+    """Normalise create_app's ``models`` argument to ``{name: path}`` (None = the packaged default model)."""
+    if models is None or len(models) == 0:
+        return {"default": None}
+    if isinstance(models, Mapping):
+        named: dict[str, Path | None] = {}
+        for name, path in models.items():
+            if not _NAME_RE.match(name):
+                raise InputError(name, "model names use letters, digits, '.', '_' and '-' (at most 100)")
+            named[name] = None if path is None else resolve_model_path(path)
+        return named
+    named = {}
+    for raw in models:
+        path = resolve_model_path(raw)
+        name = model_name(raw if Path(raw).is_dir() else path)
+        if name in named:
+            raise InputError(raw, f"model name {name!r} is already used by {named[name]}; name it with NAME=PATH")
+        named[name] = path
+    return named
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the GPU queue
+
+
+class GpuQueue:
+    """Runs translations on ``workers`` threads in arrival order, holding at most ``queue_size`` waiting jobs.
+
+    The worker threads own the GPU; the event loop only uploads and answers. ``try_submit`` returns None when
+    ``workers + queue_size`` jobs are already pending, which the server answers with 503.
+    """
+
+    def __init__(self, workers: int = 1, queue_size: int = 8) -> None:
+        if workers < 1 or queue_size < 0:
+            raise ValueError("workers must be >= 1 and queue_size >= 0")
+        self.workers = workers
+        self.queue_size = queue_size
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsynth-gpu")
+        self._lock = threading.Lock()
+        self._pending = 0  # submitted, not finished (running + waiting)
+        self._running = 0
+        self._done = 0
+        self._mean_s = 1.0  # running mean job time, only for the Retry-After estimate
+
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> Future | None:
+        """Queue ``fn(*args)``; None when the queue is full."""
+        with self._lock:
+            if self._pending >= self.workers + self.queue_size:
+                return None
+            self._pending += 1
+
+        def job() -> Any:
+            start = time.perf_counter()
+            with self._lock:
+                self._running += 1
+            try:
+                return fn(*args)
+            finally:
+                seconds = time.perf_counter() - start
+                with self._lock:
+                    self._running -= 1
+                    self._done += 1
+                    self._mean_s += (seconds - self._mean_s) / min(self._done, 20)
+
+        def release(_: Future) -> None:
+            # A done callback, not a finally in job(): a job cancelled before it started must free its slot too.
+            with self._lock:
+                self._pending -= 1
+
+        future = self._pool.submit(job)
+        future.add_done_callback(release)
+        return future
+
+    def retry_after(self) -> int:
+        """Seconds a refused client should wait: the time to drain the current queue, at least 1."""
+        with self._lock:
+            return max(1, math.ceil(self._mean_s * self._pending / self.workers))
+
+    def stats(self) -> dict[str, int]:
+        """Running and waiting jobs, and how many fit."""
+        with self._lock:
+            return {
+                "running": self._running,
+                "waiting": self._pending - self._running,
+                "capacity": self.workers + self.queue_size,
+                "done": self._done,
+            }
+
+    def shutdown(self) -> None:
+        """Stop accepting work and let running jobs finish."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# request plumbing (no FastAPI needed here)
+
+
+class _Reject(Exception):
+    """An answer with a 4xx/5xx status and a one-line message."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+
+
+def _too_large(limit: int) -> _Reject:
+    return _Reject(413, f"upload larger than the server's limit of {round(limit / 2**20, 3):g} MB")
+
+
+class _Upload:
+    """Streams the multipart field ``file`` into ``folder/input<suffix>``, enforcing the size limit."""
+
+    def __init__(self, folder: Path, limit: int) -> None:
+        self.folder = folder
+        self.limit = limit
+        self.too_large = _too_large(limit)
+        self.path: Path | None = None
+        self.client_name = ""
+        self.suffix = ""
+        self.size = 0
+        self.ended = False
+        self._file: Any = None
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._field = self._value = b""
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[self._field.lower()] = self._value
+        self._field = self._value = b""
+
+    def _headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if options.get(b"name") != b"file":
+            return  # other fields are read and ignored (they count towards the body limit)
+        if self.path is not None:
+            raise _Reject(422, "send one volume per request (the form has two 'file' fields)")
+        name = options.get(b"filename", b"").decode("utf-8", errors="replace")
+        suffix = match_suffix(name)
+        if suffix is None:
+            shown = _safe_stem(name, None) if name else "the 'file' field"
+            raise _Reject(400, f"{shown}: not a supported image file; send one of {', '.join(SUFFIXES)}")
+        self.client_name = _safe_stem(name, suffix) + suffix
+        self.suffix = suffix
+        self.path = self.folder / f"input{suffix}"
+        self._file = open(self.path, "wb")
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._file is None:
+            return
+        self.size += end - start
+        if self.size > self.limit:
+            raise self.too_large
+        self._file.write(data[start:end])
+
+    def _part_end(self) -> None:
+        self.close()
+
+    def _end(self) -> None:
+        self.ended = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+async def _receive_upload(request: Any, folder: Path, limit: int) -> _Upload:
+    """Read the request body into ``folder``; raises _Reject for every kind of bad upload."""
+    from python_multipart import MultipartParser
+    from python_multipart.exceptions import FormParserError
+    from python_multipart.multipart import parse_options_header
+
+    ctype, options = parse_options_header(request.headers.get("content-type"))
+    if ctype != b"multipart/form-data" or not options.get(b"boundary"):
+        raise _Reject(422, "expected a multipart/form-data body with the volume in the form field 'file'")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
+        # Refused before reading; uvicorn reads and discards the rest so the client still gets this answer.
+        raise _too_large(limit)
+    upload = _Upload(folder, limit)
+    try:
+        parser = MultipartParser(options[b"boundary"], upload.callbacks())
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit + _FORM_OVERHEAD:
+                raise upload.too_large
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise _Reject(400, f"malformed multipart body: {exc}") from None
+    finally:
+        upload.close()
+    if upload.path is None:
+        raise _Reject(422, "missing form field 'file' with the volume")
+    if not upload.ended:
+        raise _Reject(400, f"{upload.client_name}: upload incomplete (multipart body ended early)")
+    if upload.size == 0:
+        raise _Reject(400, f"{upload.client_name}: empty file")
+    return upload
+
+
+def _translate_job(
+    translator: Any,
+    in_path: Path,
+    out_path: Path,
+    options: dict[str, Any],
+    client_name: str,
+) -> None:
+    """Runs on a GPU worker thread; turns every failure into a _Reject with a message for the client."""
+    try:
+        translator.translate_file(in_path, out_path, **options)
+    except InputError as exc:
+        # The message names the server's temporary file; the client knows its file by its own name.
+        raise _Reject(400, f"{client_name}: {_scrub(exc.problem, in_path, client_name)}") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        problem = _scrub(str(exc), in_path, client_name)
+        raise _Reject(400, f"{client_name}: corrupt or truncated file ({problem})") from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            _empty_cuda_cache()
+            log.error("out of GPU memory translating %s (%s)", client_name, exc)
+            raise _Reject(500, f"{client_name}: out of GPU memory on the server; send a smaller volume") from None
+        log.exception("translation of %s failed", client_name)
+        raise _Reject(500, f"{client_name}: internal error while translating ({type(exc).__name__}); see the server log") from None
+
+
+def _scrub(message: str, in_path: Path, client_name: str) -> str:
+    """Replace the server's temporary paths in a message by the client's file name."""
+    return message.replace(str(in_path), client_name).replace(str(in_path.parent), "")
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort only
+        pass
+
+
+def _remove_later(folder: Path, future: Future | None) -> None:
+    """Remove a request folder now, or when its still running job ends (never pull files from under it)."""
+    if future is not None and not future.done():
+        future.add_done_callback(lambda _: shutil.rmtree(folder, ignore_errors=True))
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _AccessLog:
+    """ASGI middleware: one log line per request (method, path, status, bytes in/out, seconds)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        seen = {"in": 0, "out": 0, "status": 0, "length": 0}
+
+        async def counting_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"content-length" and value.isdigit():
+                        seen["length"] = int(value)
+            elif message["type"] == "http.response.body":
+                seen["out"] += len(message.get("body", b""))
+            elif message["type"] == "http.response.pathsend":
+                seen["out"] += seen["length"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            path = scope.get("path", "")
+            query = scope.get("query_string", b"").decode("latin-1")
+            log.info(
+                "%s %s %d in=%dB out=%dB %.3fs",
+                scope.get("method", "?"),
+                f"{path}?{query}" if query else path,
+                seen["status"] or 500,
+                seen["in"],
+                seen["out"],
+                time.perf_counter() - start,
+            )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the app
+
+
+def _config_summary(translator: Any) -> dict[str, Any]:
+    """The model's config summary, from ``Translator.info()`` when the core provides it."""
+    info = getattr(translator, "info", None)
+    if callable(info):
+        try:
+            summary = dict(info())
+        except Exception:  # the listing must not fail because of one odd model
+            log.exception("Translator.info() failed")
+        else:
+            if "source" in summary:  # the file name only: clients need not learn the server's folders
+                summary["source"] = Path(str(summary["source"])).name
+            return summary
+    summary: dict[str, Any] = {}
+    for attr in ("device",):
+        if hasattr(translator, attr):
+            summary[attr] = str(getattr(translator, attr))
+    return summary
+
+
+def create_app(
+    models: Mapping[str, str | Path | None] | Sequence[str | Path] | None = None,
+    *,
+    device: str = "auto",
+    token: str | None = None,
+    max_upload_mb: float = 512,
+    queue_size: int = 8,
+    workers: int = 1,
+    tmp_dir: str | Path | None = None,
+    batch_size: int | None = None,
+) -> FastAPI:
+    """Build the FastAPI app; models are loaded now and stay on the device for the app's lifetime.
+
+    Args:
+        models: ``{name: path}``, or paths named by :func:`model_name`; None or empty = the packaged default
+            model, named ``default``. A path may be a model file or a run folder holding ``model.pt``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        token: when given, every route but ``/health`` needs ``Authorization: Bearer <token>``.
+        max_upload_mb: largest accepted upload (413 beyond it, checked while streaming).
+        queue_size: translations that may wait behind the running ones; more get 503 with Retry-After.
+        workers: translations that run at the same time (threads sharing the loaded models).
+        tmp_dir: where per-request folders go (created if missing, left in place); default a private folder
+            removed at shutdown.
+        batch_size: slices per forward pass (default: the Translator's, 8 on CPU and 64 on CUDA).
+
+    Returns:
+        The app; ``app.state.gpu_queue`` (a :class:`GpuQueue`), ``app.state.translators`` and
+        ``app.state.tmp_root`` are there for monitoring and tests.
+
+    Raises:
+        InputError: a model path is missing or not a medsynth model.
+    """
+    import contextlib
+
+    if FastAPI is None:
+        raise ImportError("medsynth-serve needs FastAPI and uvicorn: pip install 'medsynth[server]'")
+    from starlette.responses import FileResponse
+
+    from medsynth.inference import Translator
+
+    if max_upload_mb <= 0:
+        raise ValueError("max_upload_mb must be positive")
+    limit = int(max_upload_mb * 2**20)
+    named = _name_models(models)
+    translators = {
+        name: Translator.from_file(path, device=device, batch_size=batch_size) for name, path in named.items()
+    }
+    gpu = GpuQueue(workers=workers, queue_size=queue_size)
+    own_tmp = tmp_dir is None
+    tmp_root = Path(tempfile.mkdtemp(prefix="medsynth-serve-")) if own_tmp else Path(tmp_dir)
+    tmp_root.mkdir(parents=True, exist_ok=True)
+
+    class TempFileResponse(FileResponse):
+        """A FileResponse that removes its request folder however the send ends (even on disconnect)."""
+
+        def __init__(self, path: Path, folder: Path, filename: str) -> None:
+            super().__init__(path, media_type="application/octet-stream", filename=filename)
+            self.folder = folder
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                shutil.rmtree(self.folder, ignore_errors=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        log.info("models: %s; device %s; queue %d; workers %d", ", ".join(translators), device, queue_size, workers)
+        yield
+        gpu.shutdown()
+        if own_tmp:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+
+    app = FastAPI(title="medsynth", summary="CycleGAN image translation for medical volumes", lifespan=lifespan)
+    app.state.gpu_queue = gpu
+    app.state.translators = translators
+    app.state.tmp_root = tmp_root
+    app.add_middleware(_AccessLog)
+    expected = token.encode("utf-8") if token else None
+
+    def check_token(request: Request) -> None:
+        if expected is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken must not tell how much of a guessed token was right
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8"), expected):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def pick(model: str | None) -> tuple[str, Any]:
+        if model is None:
+            if len(translators) == 1:
+                return next(iter(translators.items()))
+            raise HTTPException(422, f"several models are loaded; choose one with ?model= ({', '.join(translators)})")
+        if model not in translators:
+            raise HTTPException(404, f"unknown model {model!r}; loaded: {', '.join(translators)}")
+        return model, translators[model]
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        """Liveness and load; open even when a token is set (it names no model and takes no input)."""
+        return {"status": "ok", "models": len(translators), "queue": gpu.stats()}
+
+    @app.get("/models", dependencies=[Depends(check_token)])
+    def list_models() -> dict[str, Any]:
+        """What each loaded model does and what it accepts."""
+        return {
+            "models": [
+                {
+                    "name": name,
+                    "domains": list(t.domains),
+                    "directions": list(t.directions),
+                    "axes": list(AXES),
+                    "fuse": list(FUSES),
+                    "suffixes": list(SUFFIXES),
+                    "max_upload_mb": max_upload_mb,
+                    "config": _config_summary(t),
+                }
+                for name, t in translators.items()
+            ]
+        }
+
+    @app.post("/infer", dependencies=[Depends(check_token)])
+    async def infer(
+        request: Request,
+        model: str | None = Query(None, description="model name (see /models); optional with one model"),
+        direction: str | None = Query(None, description="e.g. t1-to-t2; default: the model's first direction"),
+        axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
+        fuse: Literal["mean", "median"] = Query("mean", description="how axis=all combines the three"),
+        dtype: Literal["float32", "input"] = Query("float32", description="output voxel type"),
+    ) -> Any:
+        """Translate the volume in the form field ``file``; answers it in the same format and geometry."""
+        name, translator = pick(model)
+        if direction is not None and direction.lower() not in translator.directions:
+            raise HTTPException(
+                422, f"unknown direction {direction!r} for model {name!r}; use one of {', '.join(translator.directions)}"
+            )
+        folder = Path(tempfile.mkdtemp(prefix="req-", dir=tmp_root))
+        future: Future | None = None
+        try:
+            upload = await _receive_upload(request, folder, limit)
+            assert upload.path is not None
+            out_path = folder / f"output{upload.suffix}"
+            options = {"direction": direction, "axis": axis, "fuse": fuse, "dtype": dtype}
+            future = gpu.try_submit(_translate_job, translator, upload.path, out_path, options, upload.client_name)
+            if future is None:
+                wait = gpu.retry_after()
+                raise _Reject(503, f"server busy: queue full; retry in {wait} s", {"Retry-After": str(wait)})
+            await asyncio.wrap_future(future)
+            stem = _safe_stem(upload.client_name, upload.suffix)
+            response = TempFileResponse(out_path, folder, f"{stem}_translated{upload.suffix}")
+        except _Reject as exc:
+            _remove_later(folder, future)
+            raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
+        except BaseException:
+            _remove_later(folder, future)
+            raise
+        return response
+
+    return app
+
+
+# --------------------------------------------------------------------------------------------------------------
+# client (standard library only)
+
+
+def post_infer(
+    url: str,
+    in_path: str | Path,
+    *,
+    model: str | None = None,
+    direction: str | None = None,
+    axis: str = "axial",
+    token: str | None = None,
+    timeout: float = 600,
+    fuse: str | None = None,
+    dtype: str | None = None,
+) -> Any:
+    """Send one volume to ``POST {url}/infer``, streaming it as multipart; returns the open urllib response.
+
+    Low level: the caller reads and closes the response. Raises ``urllib.error.HTTPError`` (4xx/5xx) and
+    ``urllib.error.URLError`` like :func:`urllib.request.urlopen`. :func:`remote_translate` is the friendly form.
+    """
+    in_path = Path(in_path)
+    suffix = match_suffix(in_path.name) or ""
+    boundary = uuid.uuid4().hex
+    filename = _safe_stem(in_path.name, suffix) + suffix  # quoted-string safe: no quotes, no backslashes
+    head = (
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode("ascii")
+    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
+    size = in_path.stat().st_size
+
+    def body() -> Iterator[bytes]:
+        yield head
+        with open(in_path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                yield chunk
+        yield tail
+
+    pairs = (("model", model), ("direction", direction), ("axis", axis), ("fuse", fuse), ("dtype", dtype))
+    query = {key: value for key, value in pairs if value}
+    endpoint = url.rstrip("/") + "/infer" + (("?" + urllib.parse.urlencode(query)) if query else "")
+    request = urllib.request.Request(
+        endpoint,
+        data=body(),
+        method="POST",
+        headers={
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        },
+    )
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def _error_detail(error: urllib.error.HTTPError) -> str:
+    """The server's message from an error answer (FastAPI's ``{"detail": ...}``), else the reason phrase."""
+    try:
+        raw = error.read()
+        detail = json.loads(raw.decode("utf-8"))["detail"]
+    except Exception:
+        return str(error.reason)
+    if isinstance(detail, list):  # FastAPI validation errors: [{"loc": [...], "msg": ...}, ...]
+        return "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg', '')}" for item in detail
+        )
+    return str(detail)
+
+
+def remote_translate(
+    url: str,
+    in_path: str | Path,
+    out_path: str | Path,
+    *,
+    model: str | None = None,
+    direction: str | None = None,
+    axis: str = "axial",
+    token: str | None = None,
+    timeout: float = 600,
+    fuse: str | None = None,
+    dtype: str | None = None,
+) -> Path:
+    """Translate a volume on a ``medsynth-serve`` server; the standard library only (fits Slicer's Python).
+
+    Args:
+        url: the server, e.g. ``http://gpu-box:8000``.
+        in_path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file.
+        out_path: where to write the answer (atomically); must have the input's suffix, since the server
+            answers in the input's format.
+        model, direction, axis, fuse, dtype: as in ``POST /infer``; model may be None when the server has one
+            model, and None elsewhere means the server's default.
+        token: the server's bearer token, if it has one.
+        timeout: seconds to wait for the connection and for each read.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        InputError: bad paths, an unreachable server, or any 4xx/5xx answer (with the server's message).
+
+    Example:
+        >>> remote_translate("http://127.0.0.1:8000", "t1.nii.gz", "t2.nii.gz", direction="t1-to-t2")  # doctest: +SKIP
+    """
+    in_path, out_path = Path(in_path), Path(out_path)
+    suffix = match_suffix(in_path.name)
+    if suffix is None:
+        raise InputError(in_path, f"not a supported image file; the server accepts {', '.join(SUFFIXES)}")
+    if not in_path.is_file():
+        raise InputError(in_path, "no such file")
+    if match_suffix(out_path.name) != suffix:
+        raise InputError(out_path, f"must end in {suffix} like the input (the server answers in the input's format)")
+    if not out_path.parent.is_dir():
+        raise InputError(out_path.parent, "no such folder")
+    try:
+        response = post_infer(
+            url, in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout, fuse=fuse,
+            dtype=dtype,
+        )
+    except urllib.error.HTTPError as exc:
+        detail = _error_detail(exc)
+        retry = exc.headers.get("Retry-After") if exc.headers else None
+        hint = f" (retry after {retry} s)" if retry else ""
+        raise InputError(in_path, f"server answered {exc.code}: {detail}{hint}") from None
+    except urllib.error.URLError as exc:
+        raise InputError(url, f"cannot reach the server: {exc.reason}") from None
+    except (TimeoutError, socket.timeout, ConnectionError) as exc:
+        raise InputError(url, f"no answer from the server: {exc}") from None
+    part = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with response, open(part, "wb") as file:
+            shutil.copyfileobj(response, file, 1 << 20)
+        os.replace(part, out_path)
+    except (TimeoutError, socket.timeout, ConnectionError) as exc:
+        raise InputError(url, f"answer interrupted: {exc}") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return out_path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _parse_model_args(values: Sequence[str] | None) -> dict[str, Path | None] | list[Path]:
+    """``--model`` values: ``PATH`` or ``NAME=PATH``; checked here so a typo fails before anything loads."""
+    if not values:
+        return {}
+    named: dict[str, Path | None] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if sep and not Path(value).exists() and _NAME_RE.match(name):
+            path = resolve_model_path(rest)
+        else:
+            path = resolve_model_path(value)
+            name = model_name(value if Path(value).is_dir() else path)
+        if name in named:
+            raise InputError(value, f"model name {name!r} is already used by {named[name]}; name it with NAME=PATH")
+        named[name] = path
+    return named
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket now, so a taken port is a one-line error before models load."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(host, f"unknown host ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"{host}:{port}", f"cannot listen ({exc.strerror})") from None
+    return sock
+
+
+@exit_on_error
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medsynth-serve``: serve models over HTTP (see the module docstring for the routes)."""
+    parser = argparse.ArgumentParser(
+        prog="medsynth-serve",
+        description="Serve medsynth models over HTTP: POST a volume to /infer, get its translation back.",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="model file or training run folder; repeat for several (default: the packaged model). "
+        "Named after the file's stem or, for model.pt, its run folder, unless NAME= is given",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every route but /health")
+    auth.add_argument("--token-file", type=Path, help="read the token from this file (keeps it out of `ps`)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB (default 512)")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the GPU (default 8)")
+    parser.add_argument("--workers", type=int, default=1, help="translations run at once (default 1)")
+    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 8 on CPU, 64 on GPU)")
+    parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise InputError(str(args.port), "port must be in 0..65535")
+    if args.max_upload_mb <= 0 or args.queue_size < 0 or args.workers < 1 or (args.batch_size or 1) < 1:
+        raise InputError("--max-upload-mb/--queue-size/--workers/--batch-size", "must be > 0, >= 0, >= 1, >= 1")
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise InputError(args.token_file, f"cannot read token ({exc.strerror})") from None
+        if not token:
+            raise InputError(args.token_file, "empty token file")
+    models = _parse_model_args(args.model)
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    import uvicorn
+
+    sock = _listen(args.host, args.port)
+    try:
+        app = create_app(
+            models,
+            device=args.device,
+            token=token,
+            max_upload_mb=args.max_upload_mb,
+            queue_size=args.queue_size,
+            workers=args.workers,
+            tmp_dir=args.tmp_dir,
+            batch_size=args.batch_size,
+        )
+        host, port = sock.getsockname()[:2]
+        if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("listening on %s without --token: anyone who can reach this port can use the GPU", args.host)
+        log.info("medsynth-serve listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
+        config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""The training loop: data, devices, bf16, schedule, checkpoints and exact resume, DDP, logging, progress.
+
+Every training sample is a pure function of (seed, global sample number): the volume picked, the slice and
+the augmentation are drawn from generators seeded by those two numbers. A resumed run therefore sees exactly
+the data the uninterrupted run would have seen, without saving any data-loader state, and ranks under
+``torchrun`` draw disjoint samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsynth.config import TrainConfig
+from medsynth.errors import InputError
+from medsynth.io import IMAGE2D_SUFFIXES, find_files, suffix_of
+
+CHECKPOINT_FORMAT = "medsynth-checkpoint"
+
+
+def atomic_save(obj: Any, path: Path) -> Path:
+    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` on a machine without it is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device", "cuda was asked for but no CUDA GPU is available")
+        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    if device != "cpu":
+        raise InputError("--device", f"unknown device {device!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class Distributed:
+    """Where this process stands under ``torchrun`` (world 1 when run directly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def find_inputs(sources: Sequence[str], option: str) -> list[Path]:
+    """Files of one domain; refuses an empty list with the option's name."""
+    if not sources:
+        raise InputError(option, "no input given")
+    return find_files(sources, what="any")
+
+
+def unwrap_input_error(exc: BaseException) -> InputError | None:
+    """MONAI wraps errors raised inside transforms; find ours in the chain."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, InputError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+class DomainData:
+    """One domain's volumes, decoded, reoriented and normalised once (MONAI ``CacheDataset``)."""
+
+    def __init__(self, files: Sequence[Path], enhance: Sequence[str] = (), workers: int = 0,
+                 cache_dir: str | None = None, progress: bool = True) -> None:
+        from monai.data import CacheDataset, PersistentDataset
+
+        from medsynth.transforms import IntensityStats, prepare_transform
+
+        self.files = list(files)
+        items = [{"image": str(f), "expect": "any" if suffix_of(f) in IMAGE2D_SUFFIXES else "volume"} for f in files]
+        volumes = [i for i in items if i["expect"] == "volume"]
+        images = [i for i in items if i["expect"] == "any"]
+        self.items: list[dict[str, Any]] = []
+        for group, expect in ((volumes, "volume"), (images, "any")):
+            if not group:
+                continue
+            transform = prepare_transform("image", expect=expect, enhance=enhance)
+            data = [{"image": i["image"]} for i in group]
+            try:
+                if cache_dir:
+                    ds = PersistentDataset(data, transform, cache_dir=cache_dir)
+                    cached = [ds[i] for i in range(len(ds))]
+                else:
+                    ds = CacheDataset(data, transform, num_workers=max(workers, 1), progress=progress)
+                    cached = [ds[i] for i in range(len(ds))]
+            except Exception as exc:
+                err = unwrap_input_error(exc)
+                if err is None:
+                    raise
+                raise err from None
+            self.items.extend(cached)
+        self.volumes = [item["image"].as_tensor() if hasattr(item["image"], "as_tensor") else item["image"]
+                        for item in self.items]
+        self.stats = IntensityStats.median([IntensityStats.from_dict(item["image_stats"]) for item in self.items])
+        self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """Unpaired training pairs: sample ``k`` is one random slice of a random A volume and one of a random B
+    volume, drawn from generators seeded by ``(seed, k)``."""
+
+    def __init__(self, a: DomainData, b: DomainData, config: TrainConfig) -> None:
+        from medsynth.transforms import train_slice_transform
+
+        self.a, self.b, self.seed = a, b, config.seed
+        axis_a = "axial" if a.is_2d else config.axis
+        axis_b = "axial" if b.is_2d else config.axis
+        self.transform_a = train_slice_transform("image", config.size, axis_a, config.min_foreground,
+                                                 config.augment, config.flip)
+        self.transform_b = train_slice_transform("image", config.size, axis_b, config.min_foreground,
+                                                 config.augment, config.flip)
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, k])
+        seeds = rng.integers(0, 2**31 - 1, size=2)
+        out = {}
+        for name, domain, transform, s in (("a", self.a, self.transform_a, seeds[0]),
+                                           ("b", self.b, self.transform_b, seeds[1])):
+            volume = domain.volumes[int(rng.integers(len(domain)))]
+            transform.set_random_state(seed=int(s))
+            x = transform({"image": volume})["image"]
+            out[name] = torch.as_tensor(x, dtype=torch.float32).contiguous()
+        return out
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Global sample numbers for steps ``start .. total-1`` of this rank."""
+
+    def __init__(self, start: int, total: int, batch_size: int, dist: Distributed) -> None:
+        self.start, self.total, self.batch_size, self.dist = start, total, batch_size, dist
+
+    def __iter__(self) -> Iterator[int]:
+        for step in range(self.start, self.total):
+            base = (step * self.dist.world + self.dist.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0) * self.batch_size
+
+
+def fixed_samples(domain: DomainData, size: int, axis: str, count: int = 3) -> torch.Tensor:
+    """Middle slices of the first volumes, centred in ``size`` x ``size``: the same every time, so sample grids
+    show how the translation of one slice changes during training."""
+    from monai.transforms import ResizeWithPadOrCrop
+
+    from medsynth.config import AXIS_INDEX
+
+    resize = ResizeWithPadOrCrop((size, size), value=-1.0)
+    axis_index = 2 if domain.is_2d else AXIS_INDEX[axis]
+    out = []
+    for volume in domain.volumes[:count]:
+        other = tuple(i + 1 for i in range(3) if i != axis_index)
+        coverage = (volume > -1).float().mean(dim=(0, *other))
+        nonzero = torch.nonzero(coverage > 0).flatten()
+        middle = int(nonzero[len(nonzero) // 2]) if len(nonzero) else volume.shape[axis_index + 1] // 2
+        out.append(torch.as_tensor(resize(volume.select(axis_index + 1, middle))))
+    return torch.stack(out)
+
+
+def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
+    """Write a PNG grid of [-1, 1] images (rows of equal-size tiles, 2 px gaps), atomically."""
+    from PIL import Image as PILImage
+
+    tiles = [[((t.detach().float().cpu().squeeze().clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for t in row]
+             for row in rows]
+    h, w = tiles[0][0].shape
+    gap = 2
+    n_cols = max(len(r) for r in tiles)
+    canvas = np.full((len(tiles) * (h + gap) - gap, n_cols * (w + gap) - gap), 255, np.uint8)
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            # slices are (x, y) in RAS order: transpose and flip so that anterior is up, as viewers show them
+            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = np.flipud(tile.T)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    PILImage.fromarray(canvas).save(tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Runs :class:`~medsynth.config.TrainConfig` to a ``model.pt``.
+
+    Args:
+        config: the run's configuration (``config.out`` is the run folder).
+        resume: continue the run in ``config.out`` from its latest checkpoint.
+        progress: show a tqdm bar (rank 0 only).
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+        self.config = config
+        self.resume = resume
+        self.progress = progress
+        self.dist = Distributed.from_env()
+        self.run_dir = Path(config.out)
+
+    # ---- set-up -------------------------------------------------------------------------------------------
+    def _check_run_dir(self) -> TrainConfig:
+        latest = self.run_dir / "checkpoints" / "latest.pt"
+        if self.resume:
+            if not latest.exists():
+                raise InputError(self.run_dir, "nothing to resume: no checkpoints/latest.pt in this run folder")
+            saved = TrainConfig.load(self.run_dir / "config.json")
+            # what may change on resume: where and how fast it runs, not what it learns
+            for key in ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                        "val_every", "compile", "cache_dir"):
+                setattr(saved, key, getattr(self.config, key))
+            saved.out = str(self.run_dir)
+            return saved
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise InputError(self.run_dir, "the run folder exists; use --resume to continue it, or choose a new --out")
+        return self.config
+
+    def _validate(self, config: TrainConfig) -> None:
+        if config.size % 4 or config.size < 16:
+            raise InputError("--size", f"{config.size} must be a multiple of 4 and at least 16")
+        from medsynth.networks import generator_stride
+
+        stride = generator_stride(config.model)
+        if config.size % stride:
+            raise InputError("--size", f"{config.size} must be a multiple of {stride} for the {config.model.generator} generator")
+        if config.batch_size < 1 or config.steps < 0 or config.decay_steps < 0 or config.total_steps < 1:
+            raise InputError("--steps", "batch size and step counts must be positive")
+        if len(config.names) != 2 or config.names[0] == config.names[1] or not all(config.names):
+            raise InputError("--names", f"{','.join(config.names)}: give two different domain names, e.g. t1,t2")
+
+    def _init_distributed(self) -> torch.device:
+        device = resolve_device(self.config.device, self.dist.local_rank)
+        if self.dist.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend=backend)
+        return device
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train and return the path of ``model.pt``."""
+        from medsynth.cyclegan import CycleGAN
+
+        config = self._check_run_dir()
+        self.config = config
+        self._validate(config)
+        files_a = find_inputs(config.a, "--a")
+        files_b = find_inputs(config.b, "--b")
+        val_pairs = self._validation_pairs(config)
+        device = self._init_distributed()
+        data_a = DomainData(files_a, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
+        data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
+        self.stats = {config.names[0]: data_a.stats.to_dict(), config.names[1]: data_b.stats.to_dict()}
+
+        # everything is valid: only now does the run folder appear
+        if self.dist.main:
+            for sub in ("checkpoints", "samples", "tensorboard"):
+                (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                config.save(self.run_dir / "config.json")
+
+        torch.manual_seed(config.seed)
+        model = CycleGAN(config).to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt_g, opt_d = model.optimizers()
+        schedulers = model.schedulers(opt_g, opt_d)
+        start = 0
+        history: list[dict[str, Any]] = []
+        if self.resume:
+            start, history = self._load_checkpoint(model, opt_g, opt_d, schedulers, device)
+
+        generators: nn.Module = model.generators
+        discriminators: nn.Module = model.discriminators
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            generators = DDP(generators, device_ids=ids)
+            discriminators = DDP(discriminators, device_ids=ids)
+        if config.compile:
+            generators = torch.compile(generators)
+            discriminators = torch.compile(discriminators)
+
+        loader = torch.utils.data.DataLoader(
+            SliceDataset(data_a, data_b, config), batch_size=config.batch_size,
+            sampler=StepSampler(start, config.total_steps, config.batch_size, self.dist),
+            num_workers=config.workers, pin_memory=device.type == "cuda",
+            persistent_workers=config.workers > 0, prefetch_factor=4 if config.workers > 0 else None)
+        samples = (fixed_samples(data_a, config.size, config.axis).to(device),
+                   fixed_samples(data_b, config.size, config.axis).to(device))
+        writer = self._writer() if self.dist.main else None
+        autocast = device.type == "cuda" and config.amp
+        bar = self._bar(start, config.total_steps)
+        step = start
+        running: dict[str, torch.Tensor] = {}
+        tic = time.perf_counter()
+        for batch in loader:
+            real_a = batch["a"].to(device, non_blocking=True)
+            real_b = batch["b"].to(device, non_blocking=True)
+            if config.channels_last:
+                real_a = real_a.contiguous(memory_format=torch.channels_last)
+                real_b = real_b.contiguous(memory_format=torch.channels_last)
+            losses = model.train_step(real_a, real_b, opt_g, opt_d, generators, discriminators, autocast)
+            for sched in schedulers:
+                sched.step()
+            step += 1
+            for key, value in losses.items():
+                if not key.startswith("_"):
+                    running[key] = running.get(key, 0) + value
+            if step % config.log_every == 0 or step == config.total_steps:
+                n = config.log_every if step % config.log_every == 0 else step % config.log_every
+                # the only host-device sync of the loop, every log_every steps
+                values = {k: float(v) / n for k, v in running.items()}
+                running = {}
+                elapsed = time.perf_counter() - tic
+                tic = time.perf_counter()
+                if writer is not None:
+                    for key, value in values.items():
+                        writer.add_scalar(f"loss/{key}", value, step)
+                    writer.add_scalar("lr", schedulers[0].get_last_lr()[0], step)
+                    writer.add_scalar("speed/images_per_s", n * config.batch_size * self.dist.world / elapsed, step)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k in ("g_ab", "g_ba", "cycle_a", "cycle_b", "d_a", "d_b")})
+            if bar is not None:
+                bar.update(1)
+            if self.dist.main and (step % config.sample_every == 0 or step == config.total_steps):
+                self._write_samples(model, samples, step)
+            if config.val_a and step % config.val_every == 0 and step != config.total_steps:
+                history = self._validate_round(model, val_pairs, step, history, writer, device)
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                self._save_checkpoint(model, opt_g, opt_d, schedulers, step, history)
+        if bar is not None:
+            bar.close()
+        if config.val_a:
+            history = self._validate_round(model, val_pairs, step, history, writer, device)
+        model_path = self.run_dir / "model.pt"
+        if self.dist.main:
+            self._export(model, model_path, step, history)
+        if writer is not None:
+            writer.close()
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+        return model_path
+
+    def _bar(self, start: int, total: int) -> Any:
+        if not (self.progress and self.dist.main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+
+    def _writer(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but a stripped environment should still train
+            return None
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    @torch.no_grad()
+    def _write_samples(self, model: Any, samples: tuple[torch.Tensor, torch.Tensor], step: int) -> None:
+        real_a, real_b = samples
+        model.eval()
+        fake_b = model.g_ab(real_a)
+        fake_a = model.g_ba(real_b)
+        rec_a, rec_b = model.g_ba(fake_b), model.g_ab(fake_a)
+        model.train()
+        rows = [[real_a[i], fake_b[i], rec_a[i]] for i in range(len(real_a))]
+        rows += [[real_b[i], fake_a[i], rec_b[i]] for i in range(len(real_b))]
+        save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", rows)
+
+    def _checkpoint_state(self, model: Any, opt_g: Any, opt_d: Any, schedulers: list[Any], step: int,
+                          history: list[dict[str, Any]]) -> dict[str, Any]:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "config": self.config.to_dict(),
+            "stats": self.stats,
+            "generators": model.generators.state_dict(),
+            "discriminators": model.discriminators.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "schedulers": [s.state_dict() for s in schedulers],
+            "pool_a": model.pool_a.state_dict(),
+            "pool_b": model.pool_b.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "history": json.dumps(history),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _save_checkpoint(self, model: Any, opt_g: Any, opt_d: Any, schedulers: list[Any], step: int,
+                         history: list[dict[str, Any]]) -> None:
+        if not self.dist.main:
+            return
+        folder = self.run_dir / "checkpoints"
+        state = self._checkpoint_state(model, opt_g, opt_d, schedulers, step, history)
+        path = atomic_save(state, folder / f"step_{step:07d}.pt")
+        tmp = folder / f".latest.partial-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, folder / "latest.pt")
+        old = sorted(folder.glob("step_*.pt"))[: -self.config.keep_checkpoints or None]
+        for p in old:
+            p.unlink(missing_ok=True)
+
+    def _load_checkpoint(self, model: Any, opt_g: Any, opt_d: Any, schedulers: list[Any],
+                         device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+        path = self.run_dir / "checkpoints" / "latest.pt"
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:
+            raise InputError(path, f"cannot read the checkpoint ({exc.__class__.__name__})") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(path, "not a medsynth checkpoint")
+        model.generators.load_state_dict(state["generators"])
+        model.discriminators.load_state_dict(state["discriminators"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        for sched, s in zip(schedulers, state["schedulers"]):
+            sched.load_state_dict(s)
+        model.pool_a.load_state_dict(state["pool_a"], device)
+        model.pool_b.load_state_dict(state["pool_b"], device)
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        self.stats = state["stats"]
+        return int(state["step"]), json.loads(state["history"])
+
+    # ---- validation -----------------------------------------------------------------------------------------
+    def _validation_pairs(self, config: TrainConfig) -> list[tuple[Path, Path]]:
+        if not config.val_a and not config.val_b:
+            return []
+        if not (config.val_a and config.val_b):
+            raise InputError("--val-a" if not config.val_a else "--val-b", "paired validation needs both domains")
+        from medsynth.evaluation import pair_cases
+
+        a = find_files(config.val_a, what="any")
+        b = find_files(config.val_b, what="any")
+        return [(p[0], p[1]) for p in pair_cases(a, b)]
+
+    def _validate_round(self, model: Any, pairs: list[tuple[Path, Path]], step: int,
+                        history: list[dict[str, Any]], writer: Any, device: torch.device) -> list[dict[str, Any]]:
+        if not self.dist.main or not pairs:
+            return history
+        from medsynth.evaluation import masked_metrics
+        from medsynth.inference import Translator
+        from medsynth.io import load_image
+
+        translator = Translator.from_networks(model.g_ab, model.g_ba, self.config, self.stats, device=device)
+        model.eval()
+        scores = []
+        for src, ref in pairs:
+            pred = translator.translate(load_image(src), direction=translator.directions[0], axis=self.config.val_axis)
+            ref_img = load_image(ref)
+            mask = (load_image(src).array > 0) & (ref_img.array > 0)
+            scores.append(masked_metrics(pred.array, ref_img.array, mask))
+        model.train()
+        mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
+        entry = {"step": step, **mean}
+        history = history + [entry]
+        if writer is not None:
+            for k, v in mean.items():
+                writer.add_scalar(f"val/{k}", v, step)
+        (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        best = max(history, key=lambda e: e.get("psnr", -math.inf))
+        if best is entry:
+            self._export(model, self.run_dir / "model_best.pt", step, history)
+        return history
+
+    def _export(self, model: Any, path: Path, step: int, history: list[dict[str, Any]]) -> None:
+        from medsynth.cyclegan import export_model
+
+        export_model(path, self.config, model.g_ab, model.g_ba, self.stats,
+                     extra={"step": step, "validation": history})
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train a CycleGAN as configured and return the path of the run's ``model.pt``."""
+    return Trainer(config, resume=resume, progress=progress).run()

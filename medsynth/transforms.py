@@ -1,0 +1,243 @@
+"""MONAI transform chains: volume preparation, random training slices, intensity normalisation.
+
+Intensities are mapped to [-1, 1] per volume by robust percentiles inside the foreground, the background
+(outside the foreground) set to -1. Each domain's typical statistics are stored with the model so that a
+translation can be brought back to the target domain's intensity range (for CT: Hounsfield units).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    Randomizable,
+    RandSpatialCropd,
+    SpatialPadd,
+    Transform,
+)
+
+from medsynth.config import AXIS_INDEX
+
+#: Axis labels of RAS space, given explicitly to MONAI's Orientation.
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+#: Percentiles (inside the foreground) mapped to -1 and +1.
+LOWER_PERCENTILE = 0.5
+UPPER_PERCENTILE = 99.5
+#: Voxels above ``min + FOREGROUND_FRACTION * (p99.5 - min)`` are foreground: zero background of
+#: skull-stripped MRI, air around a CT body, dark padding of X-rays and PNG slices.
+FOREGROUND_FRACTION = 0.02
+
+
+@dataclass
+class IntensityStats:
+    """Robust intensity statistics of one volume, or the typical ones of a domain.
+
+    Attributes:
+        lo: value mapped to -1 (lower percentile inside the foreground).
+        hi: value mapped to +1 (upper percentile inside the foreground).
+        background: value outside the foreground (0 for most MRI, about -1000 for CT).
+        threshold: foreground threshold.
+    """
+
+    lo: float
+    hi: float
+    background: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain floats for JSON and checkpoints."""
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float]) -> IntensityStats:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: float(data[k]) for k in ("lo", "hi", "background", "threshold")})
+
+    @classmethod
+    def median(cls, stats: Sequence[IntensityStats]) -> IntensityStats:
+        """The domain's typical statistics: the median of each field over its volumes."""
+        return cls(*(float(np.median([getattr(s, f) for s in stats])) for f in ("lo", "hi", "background", "threshold")))
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def foreground_threshold(x: np.ndarray) -> float:
+    """Threshold above which voxels are foreground (see :data:`FOREGROUND_FRACTION`)."""
+    lo = float(x.min())
+    top = float(np.percentile(x, UPPER_PERCENTILE))
+    if top <= lo:
+        top = float(x.max())
+    return lo + FOREGROUND_FRACTION * (top - lo)
+
+
+def intensity_stats(x: np.ndarray | torch.Tensor) -> IntensityStats:
+    """Robust statistics of one image (any shape)."""
+    x = _as_numpy(x).astype(np.float32, copy=False)
+    threshold = foreground_threshold(x)
+    fg = x > threshold
+    inside = x[fg] if fg.any() else x.ravel()
+    lo, hi = (float(v) for v in np.percentile(inside, [LOWER_PERCENTILE, UPPER_PERCENTILE]))
+    if hi <= lo:
+        hi = lo + max(abs(lo), 1.0) * 1e-3
+    outside = x[~fg]
+    background = float(np.median(outside)) if outside.size else float(x.min())
+    return IntensityStats(lo=lo, hi=hi, background=background, threshold=threshold)
+
+
+def normalise(x: torch.Tensor, stats: IntensityStats) -> torch.Tensor:
+    """Map to [-1, 1] with ``stats``; the background becomes -1."""
+    y = ((x - stats.lo) / (stats.hi - stats.lo)).clamp(0, 1) * 2 - 1
+    return torch.where(x > stats.threshold, y, torch.full_like(y, -1.0))
+
+
+def denormalise(y: torch.Tensor, stats: IntensityStats, foreground: torch.Tensor | None = None) -> torch.Tensor:
+    """Map [-1, 1] back to a domain's intensities; outside ``foreground`` put the domain's background."""
+    x = (y.clamp(-1, 1) + 1) / 2 * (stats.hi - stats.lo) + stats.lo
+    if foreground is not None:
+        x = torch.where(foreground, x, torch.full_like(x, stats.background))
+    return x
+
+
+class RobustNormalised(MapTransform):
+    """Dictionary transform: per-image robust normalisation to [-1, 1].
+
+    The statistics used are stored under ``"<key>_stats"`` (an :class:`IntensityStats` as a dict) so that the
+    domain's typical range can be stored with the model.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            stats = intensity_stats(d[key])
+            d[key] = normalise(torch.as_tensor(d[key]), stats) if isinstance(d[key], torch.Tensor) else \
+                normalise(torch.as_tensor(np.asarray(d[key])), stats)
+            d[f"{key}_stats"] = stats.to_dict()
+        return d
+
+
+class LoadImaged(MapTransform):
+    """Dictionary transform: read a file with :func:`medsynth.io.load_image` into a MONAI ``MetaTensor``.
+
+    medsynth's reader rather than MONAI's: it validates (NaN, all-zero, multi-frame, 2D) with clear errors
+    and reads 2D images (PNG/JPEG/DICOM) as one-slice volumes.
+    """
+
+    def __init__(self, keys: KeysCollection, expect: str = "any") -> None:
+        super().__init__(keys)
+        self.expect = expect
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        from medsynth.io import load_image
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = load_image(d[key], expect=self.expect)
+            d[key] = MetaTensor(torch.from_numpy(image.array), affine=torch.as_tensor(image.affine),
+                                meta={"filename_or_obj": str(image.path)})
+        return d
+
+
+class EnhanceSliced(MapTransform):
+    """Dictionary transform: the X-ray enhancement chain applied slice by slice along the last axis."""
+
+    def __init__(self, keys: KeysCollection, steps: Sequence[str]) -> None:
+        super().__init__(keys)
+        self.steps = list(steps)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medsynth.enhance import EnhanceConfig, enhance
+
+        d = dict(data)
+        config = EnhanceConfig(steps=self.steps)
+        for key in self.key_iterator(d):
+            x = d[key]
+            arr = _as_numpy(x)
+            out = np.stack([enhance(arr[0, ..., k], config) for k in range(arr.shape[-1])], axis=-1)[None]
+            if isinstance(x, torch.Tensor):
+                x = x.clone()
+                x[...] = torch.from_numpy(out.astype(np.float32))
+                d[key] = x
+            else:
+                d[key] = out.astype(np.float32)
+        return d
+
+
+def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhance: Sequence[str] = ()) -> Compose:
+    """Deterministic part shared by training and conversion: load, channel first, RAS, normalise.
+
+    Its output is what training caches (``CacheDataset``): each volume is decoded once.
+    """
+    chain: list[Transform] = [
+        LoadImaged(keys, expect=expect),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        Orientationd(keys, axcodes="RAS", labels=RAS_LABELS),
+    ]
+    if enhance:
+        chain.append(EnhanceSliced(keys, enhance))
+    chain.append(RobustNormalised(keys))
+    return Compose(chain)
+
+
+class RandSliced(Randomizable, MapTransform):
+    """Dictionary transform: take one random 2D slice along ``axis`` from a (C, X, Y, Z) volume.
+
+    Slices whose foreground (values above -1 after normalisation) covers less than ``min_foreground`` of the
+    volume's best slice are skipped, so training sees anatomy, not empty background.
+    """
+
+    def __init__(self, keys: KeysCollection, axis: str = "axial", min_foreground: float = 0.1) -> None:
+        MapTransform.__init__(self, keys)
+        self.axis = AXIS_INDEX[axis]
+        self.min_foreground = min_foreground
+
+    def randomize(self, data: Any = None) -> None:
+        pass
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            other = tuple(i + 1 for i in range(3) if i != self.axis)
+            coverage = (x > -1).float().mean(dim=(0, *other))
+            ok = torch.nonzero(coverage >= self.min_foreground * float(coverage.max())).flatten()
+            index = int(ok[self.R.randint(len(ok))]) if len(ok) else int(coverage.argmax())
+            d[key] = x.select(self.axis + 1, index)
+        return d
+
+
+def train_slice_transform(keys: KeysCollection, size: int, axis: str = "axial", min_foreground: float = 0.1,
+                          augment: bool = True, flip: bool = True) -> Compose:
+    """Random part of the training chain: slice, pad or crop to ``size`` (no resizing), augment."""
+    chain: list[Transform] = [
+        RandSliced(keys, axis=axis, min_foreground=min_foreground),
+        # -1 is the normalised background, so padding adds background rather than a grey frame
+        SpatialPadd(keys, spatial_size=(size, size), value=-1.0),
+        RandSpatialCropd(keys, roi_size=(size, size), random_size=False),
+    ]
+    if flip:
+        # the first in-plane axis is left-right for axial and coronal slices: anatomy mirrors plausibly
+        chain.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+    if augment:
+        chain.append(RandAffined(keys, prob=0.5, rotate_range=(0.1,), scale_range=(0.05, 0.05),
+                                 translate_range=(size * 0.03, size * 0.03), padding_mode="border",
+                                 mode="bilinear"))
+    return Compose(chain)

@@ -1,0 +1,421 @@
+"""medsynth-serve: a real uvicorn server on 127.0.0.1, real HTTP (httpx and the stdlib client), real files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import uvicorn
+
+from conftest import head_phantom
+from medsynth.errors import InputError
+from medsynth.inference import Translator
+from medsynth.server import create_app, main, model_name, remote_translate
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn on a free 127.0.0.1 port in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, access_log=False, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def assert_tmp_empty(root: Path) -> None:
+    # the folder goes when the answer has been sent, which can be a moment after the client has read it
+    wait_until(lambda: not any(root.iterdir()), timeout=5)
+
+
+def oblique_affine(spacing: tuple[float, float, float] = (0.9, 1.2, 2.5)) -> np.ndarray:
+    a, b = np.deg2rad(20.0), np.deg2rad(-12.0)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag(spacing)
+    affine[:3, 3] = (-30.5, 12.25, 40.0)
+    return affine
+
+
+def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1, sform_code: int = 2) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_qform(affine, code=qform_code)
+    img.header.set_sform(affine, code=sform_code)
+    nib.save(img, str(path))
+    return path
+
+
+def write_itk(path: Path, data: np.ndarray) -> Path:
+    img = sitk.GetImageFromArray(data)  # (K, J, I) array -> (I, J, K) image
+    img.SetSpacing((0.8, 1.1, 2.0))
+    img.SetOrigin((12.5, -40.0, 7.25))
+    direction = oblique_affine((1.0, 1.0, 1.0))[:3, :3]
+    img.SetDirection(tuple(direction.ravel()))
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+def volume(folder: Path, name: str, seed: int = 0, shape: tuple[int, int, int] = (16, 16, 8)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_nifti(folder / name, head_phantom(shape, seed), oblique_affine())
+
+
+def expected_output(translator: Translator, in_path: Path, folder: Path, **options: Any) -> Path:
+    """What the Python API writes for the same file and options (the server must answer exactly this)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return translator.translate_file(in_path, folder / f"expected_{in_path.name}", **options)
+
+
+def post(client: httpx.Client, path: Path, params: dict | None = None, **kwargs: Any) -> httpx.Response:
+    return client.post("/infer", params=params, files={"file": (path.name, path.read_bytes())}, **kwargs)
+
+
+def save_response(response: httpx.Response, path: Path) -> Path:
+    assert response.status_code == 200, response.text
+    path.write_bytes(response.content)
+    return path
+
+
+def nifti_voxels(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+# ---- fixtures --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_model: Path) -> Translator:
+    return Translator.from_file(tiny_model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tmp_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("serve_tmp")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_root: Path) -> Iterator[tuple[str, Any]]:
+    """One model, a token, a 1 MB upload limit and room for 20 concurrent requests."""
+    app = create_app([tiny_model], device="cpu", token=TOKEN, max_upload_mb=1, queue_size=32, tmp_dir=tmp_root)
+    with serve(app) as url:
+        yield url, app
+
+
+@pytest.fixture
+def client(server: tuple[str, Any]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server[0], headers=AUTH, timeout=60) as c:
+        yield c
+
+
+def check_normal_request(client: httpx.Client, translator: Translator, folder: Path) -> None:
+    """A good request answered with exactly the API's translation."""
+    vol = volume(folder / "normal", "normal.nii.gz", seed=7)
+    got = save_response(post(client, vol), folder / "normal_out.nii.gz")
+    np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, vol, folder / "exp")))
+
+
+# ---- tests -----------------------------------------------------------------------------------------------------
+
+
+def test_model_name_rules(tmp_path: Path) -> None:
+    assert model_name(tmp_path / "t1t2" / "model.pt") == "t1t2"
+    assert model_name(tmp_path / "weights" / "brain_t1t2.pt") == "brain_t1t2"
+    assert model_name(tmp_path / "t1t2") == "t1t2"
+
+
+def test_health_and_models(server: tuple[str, Any], client: httpx.Client, translator: Translator) -> None:
+    url, _ = server
+    health = httpx.get(f"{url}/health")  # open without the token
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["queue"]["capacity"] == 33
+    assert httpx.get(f"{url}/models").status_code == 401
+    models = client.get("/models").json()["models"]
+    assert len(models) == 1
+    entry = models[0]
+    assert entry["name"] == "tiny_model0"  # model.pt is named after its run folder
+    assert entry["domains"] == ["t1", "t2"] and entry["directions"] == translator.directions
+    assert set(entry["axes"]) == {"axial", "coronal", "sagittal", "all"}
+    assert ".nii.gz" in entry["suffixes"] and ".nrrd" in entry["suffixes"] and ".mha" in entry["suffixes"]
+    assert entry["config"]["generator"] == "resnet6" and "/" not in entry["config"]["source"]
+
+
+def test_oblique_nifti_round_trip_equals_convert(
+    client: httpx.Client, translator: Translator, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    affine = oblique_affine()
+    src = write_nifti(tmp_path / "oblique.nii.gz", head_phantom((18, 16, 10), seed=3), affine, 1, 2)
+    params = {"direction": "t2-to-t1", "axis": "coronal"}
+    with caplog.at_level("INFO", logger="medsynth.server"):
+        response = post(client, src, params)
+    got = nib.load(str(save_response(response, tmp_path / "answer.nii.gz")))
+    assert 'filename="oblique_translated.nii.gz"' in response.headers["content-disposition"]
+    assert got.shape == (18, 16, 10)
+    np.testing.assert_allclose(got.affine, affine, atol=1e-4)
+    np.testing.assert_allclose(got.get_qform(), affine, atol=1e-4)
+    assert int(got.header["qform_code"]) == 1 and int(got.header["sform_code"]) == 2
+    # the same bytes of result as the command line on the same file
+    cli_out = tmp_path / "cli.nii.gz"
+    run = subprocess.run(
+        [sys.executable, "-m", "medsynth", "convert", str(src), str(cli_out), "--model", str(tiny_model),
+         "--device", "cpu", "--progress", "none", "--direction", "t2-to-t1", "--axis", "coronal"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_array_equal(np.asarray(got.dataobj), nifti_voxels(cli_out))
+    assert not np.array_equal(np.asarray(got.dataobj), nib.load(str(src)).get_fdata())  # it did translate
+    lines = [r.getMessage() for r in caplog.records if r.name == "medsynth.server"]
+    assert any(re.match(r"POST /infer\?direction=t2-to-t1&axis=coronal 200 in=\d+B out=\d+B \d+\.\d+s", m) for m in lines)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_itk_round_trip(client: httpx.Client, translator: Translator, tmp_path: Path, suffix: str) -> None:
+    src = write_itk(tmp_path / f"scan{suffix}", head_phantom((10, 14, 12), seed=5).transpose(2, 1, 0).copy())
+    got = sitk.ReadImage(str(save_response(post(client, src, {"axis": "all"}), tmp_path / f"answer{suffix}")))
+    ref = sitk.ReadImage(str(src))
+    assert got.GetSize() == ref.GetSize()
+    np.testing.assert_allclose(got.GetSpacing(), ref.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(got.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(got.GetDirection(), ref.GetDirection(), atol=1e-6)
+    expected = sitk.ReadImage(str(expected_output(translator, src, tmp_path / "exp", axis="all")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+
+
+def _multipart_chunks(name: str, data: bytes, boundary: str = "b0undary") -> Iterator[bytes]:
+    """A multipart body sent chunked (no Content-Length), so the limit must be enforced while streaming."""
+    yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
+    for start in range(0, len(data), 64 * 1024):
+        yield data[start : start + 64 * 1024]
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def _truncated_gz(folder: Path) -> tuple[str, bytes]:
+    data = volume(folder, "whole.nii.gz", seed=1).read_bytes()
+    return "cut.nii.gz", data[: len(data) // 2]
+
+
+def _garbage_gz() -> tuple[str, bytes]:
+    return "noise.nii.gz", gzip.compress(os.urandom(3000))
+
+
+BAD_REQUESTS: dict[str, tuple[Callable[[httpx.Client, Path], httpx.Response], int, str]] = {
+    "text file": (lambda c, d: c.post("/infer", files={"file": ("notes.txt", b"hello")}), 400, "notes.txt: not a supported"),
+    "no suffix": (lambda c, d: c.post("/infer", files={"file": ("volume", b"hello")}), 400, "not a supported image"),
+    "random bytes .nii": (lambda c, d: c.post("/infer", files={"file": ("noise.nii", os.urandom(2000))}), 400, "noise.nii:"),
+    "corrupt gz": (lambda c, d: c.post("/infer", files={"file": _truncated_gz(d)}), 400, "cut.nii.gz:"),
+    "gz of noise": (lambda c, d: c.post("/infer", files={"file": _garbage_gz()}), 400, "noise.nii.gz:"),
+    "garbage nrrd": (lambda c, d: c.post("/infer", files={"file": ("x.nrrd", b"NRRD0004\nsizes: a b\n\n")}), 400, "x.nrrd:"),
+    "empty file": (lambda c, d: c.post("/infer", files={"file": ("empty.nii", b"")}), 400, "empty file"),
+    "unknown model": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"model": "nope"}), 404, "unknown model 'nope'"),
+    "unknown direction": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"direction": "ct-to-mr"}), 422, "unknown direction"),
+    "unknown axis": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"axis": "oblique"}), 422, "axial"),
+    "too large (declared)": (
+        lambda c, d: c.post("/infer", files={"file": ("big.nii", os.urandom(2_500_000))}), 413, "limit of 1 MB"),
+    "too large (streamed)": (
+        lambda c, d: c.post("/infer", content=_multipart_chunks("big.nii", os.urandom(1_500_000)),
+                            headers={"Content-Type": "multipart/form-data; boundary=b0undary"}), 413, "limit of 1 MB"),
+    "missing file field": (
+        lambda c, d: c.post("/infer", files={"other": ("v.nii", b"x")}, data={"a": "b"}), 422, "missing form field 'file'"),
+    "no body": (lambda c, d: c.post("/infer"), 422, "multipart/form-data"),
+    "two files": (lambda c, d: c.post("/infer", files=[("file", ("a.nii", b"x")), ("file", ("b.nii", b"y"))]), 422, "one volume"),
+    "no token": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": ""}), 401, "bearer token"),
+    "wrong token": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": "Bearer guess"}), 401, "bearer token"),
+    "wrong scheme": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": f"Basic {TOKEN}"}), 401, "bearer token"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_then_normal_request(
+    case: str, client: httpx.Client, translator: Translator, tmp_root: Path, tmp_path: Path
+) -> None:
+    send, status, message = BAD_REQUESTS[case]
+    response = send(client, tmp_path)
+    assert response.status_code == status, response.text
+    assert message in str(response.json()["detail"])
+    assert str(tmp_root) not in response.text and "input.nii" not in response.text  # no server paths leak
+    if status == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    check_normal_request(client, translator, tmp_path)
+    assert_tmp_empty(tmp_root)
+
+
+def test_twenty_concurrent_clients_each_get_their_own_answer(
+    server: tuple[str, Any], translator: Translator, tmp_root: Path, tmp_path: Path
+) -> None:
+    url, app = server
+    shapes = [(12 + 2 * (i % 4), 16, 6 + 2 * (i % 3)) for i in range(20)]
+    inputs = [volume(tmp_path / "in", f"case{i:02d}.nii.gz", seed=100 + i, shape=shapes[i]) for i in range(20)]
+    expected = [nifti_voxels(expected_output(translator, p, tmp_path / "exp")) for p in inputs]
+    barrier = threading.Barrier(20)
+
+    def one(i: int) -> np.ndarray:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=120) as c:
+            barrier.wait()
+            answer = save_response(post(c, inputs[i]), tmp_path / f"answer{i:02d}.nii.gz")
+            return nifti_voxels(answer)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(one, range(20)))
+    for i, (got, want) in enumerate(zip(answers, expected)):
+        assert got.shape == shapes[i]
+        np.testing.assert_array_equal(got, want, err_msg=f"request {i} got another request's answer")
+    assert app.state.gpu_queue.stats()["running"] == 0 and app.state.gpu_queue.stats()["waiting"] == 0
+    assert_tmp_empty(tmp_root)
+
+
+def test_full_queue_answers_503_then_recovers(tiny_model: Path, translator: Translator, tmp_path: Path) -> None:
+    root = tmp_path / "srv"
+    app = create_app({"tiny": tiny_model}, device="cpu", queue_size=1, workers=1, tmp_dir=root)
+    first, second, third = (volume(tmp_path / "in", f"v{i}.nii.gz", seed=20 + i) for i in range(3))
+    gate = threading.Event()
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client, ThreadPoolExecutor(1) as pool:
+        try:
+            # Hold the only worker with a job on the real queue that waits for the test, so that what the queue
+            # holds next is decided by the test and not by how fast this machine translates.
+            blocker = app.state.gpu_queue.try_submit(gate.wait, 60)
+            wait_until(lambda: client.get("/health").json()["queue"]["running"] == 1)
+            queued = pool.submit(post, client, first)  # no token needed: this server has none
+            wait_until(lambda: client.get("/health").json()["queue"]["waiting"] == 1)
+            refused = post(client, second)
+            assert refused.status_code == 503, refused.text
+            assert int(refused.headers["retry-after"]) >= 1 and "queue full" in refused.json()["detail"]
+        finally:
+            gate.set()
+        blocker.result(timeout=30)
+        got = save_response(queued.result(timeout=60), tmp_path / "first_out.nii.gz")
+        np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, first, tmp_path / "e")))
+        got = save_response(post(client, third), tmp_path / "third_out.nii.gz")
+        np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, third, tmp_path / "e")))
+        assert_tmp_empty(root)
+
+
+def test_no_token_two_models(tiny_model: Path, identity_model: Path, tmp_path: Path) -> None:
+    app = create_app({"tiny": tiny_model, "ident": identity_model}, device="cpu", tmp_dir=tmp_path / "srv")
+    src = volume(tmp_path / "in", "v.nii.gz", seed=4)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert [m["name"] for m in client.get("/models").json()["models"]] == ["tiny", "ident"]
+        ambiguous = post(client, src)
+        assert ambiguous.status_code == 422 and "several models" in ambiguous.json()["detail"]
+        got = save_response(post(client, src, {"model": "ident", "direction": "T1-to-T2"}), tmp_path / "o.nii.gz")
+    want = expected_output(Translator.from_file(identity_model, device="cpu"), src, tmp_path / "e", direction="t1-to-t2")
+    np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(want))
+
+
+def test_remote_translate(server: tuple[str, Any], translator: Translator, tmp_path: Path) -> None:
+    url, _ = server
+    src = write_itk(tmp_path / "scan.nrrd", head_phantom((8, 12, 10), seed=9).transpose(2, 1, 0).copy())
+    out = remote_translate(url, src, tmp_path / "scan_t2.nrrd", direction="t1-to-t2", axis="sagittal", token=TOKEN)
+    want = expected_output(translator, src, tmp_path / "e", direction="t1-to-t2", axis="sagittal")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(want))))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["scan.nrrd", "scan_t2.nrrd"]  # no .part
+    with pytest.raises(InputError, match="server answered 401: missing or wrong bearer token"):
+        remote_translate(url, src, tmp_path / "a.nrrd", token="guess")
+    with pytest.raises(InputError, match="server answered 404: unknown model 'nope'"):
+        remote_translate(url, src, tmp_path / "a.nrrd", model="nope", token=TOKEN)
+    with pytest.raises(InputError, match="axis: Input should be"):
+        remote_translate(url, src, tmp_path / "a.nrrd", axis="diagonal", token=TOKEN)
+    with pytest.raises(InputError, match="must end in .nrrd"):
+        remote_translate(url, src, tmp_path / "a.nii.gz", token=TOKEN)
+    assert not (tmp_path / "a.nrrd").exists()
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(InputError, match="cannot reach the server"):
+        remote_translate(dead, src, tmp_path / "a.nrrd")
+
+
+def test_main_rejects_bad_model_paths(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "missing.pt"
+    assert main(["--model", str(missing), "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file"
+    not_a_model = tmp_path / "notes.pt"
+    not_a_model.write_text("hello")
+    assert main(["--model", str(not_a_model), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {not_a_model}: not a medsynth model") and "Traceback" not in err
+    assert main(["--model", str(tmp_path), "--port", "0"]) == 2
+    assert "has no model.pt" in capsys.readouterr().err
+
+
+def test_command_line_server(tiny_model: Path, tmp_path: Path) -> None:
+    """``python -m medsynth serve`` as a user starts it: token from a file, one log line per request."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    src = volume(tmp_path, "v.nii.gz", seed=2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medsynth", "serve", "--model", f"brain={tiny_model}", "--port", "0",
+         "--token-file", str(token_file), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+    )
+    log: list[str] = []
+    try:
+        assert proc.stdout is not None
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "server exited: " + "".join(log)
+            log.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            url = found.group(1) if found else None
+        assert url is not None
+        wait_until(lambda: _health_ok(url), timeout=30)
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+            assert client.get("/models").json()["models"][0]["name"] == "brain"
+            assert post(client, src, {"model": "brain"}).status_code == 200
+            assert post(client, src, headers={"Authorization": "Bearer no"}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+        log.append(rest)
+    text = "".join(log)
+    assert proc.returncode == 0, text
+    assert re.search(r"POST /infer\?model=brain 200 in=\d+B out=\d+B \d+\.\d+s", text), text
+    assert re.search(r"POST /infer 401 in=\d+B out=\d+B", text), text
+    assert TOKEN not in text
+
+
+def _health_ok(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
