@@ -28,6 +28,9 @@ import numpy as np
 from medsynth.cli import exit_on_error
 from medsynth.errors import InputError
 
+__all__ = ["STEPS", "EnhanceConfig", "Enhance", "Enhanced", "enhance", "image_stats", "noise_sigma", "parse_steps",
+           "write_preview", "main"]
+
 STEPS: tuple[str, ...] = ("histeq", "clahe", "denoise", "sharpen", "gamma")
 DENOISE_METHODS: tuple[str, ...] = ("nlmeans", "bilateral", "curvature")
 SHARPEN_METHODS: tuple[str, ...] = ("unsharp", "laplacian")
@@ -53,7 +56,7 @@ class EnhanceConfig:
         histeq_bins: histogram equalisation bins; None: 256 for 8-bit data, 65536 for deeper data.
         denoise_method: ``"nlmeans"`` (scikit-image non-local means), ``"bilateral"`` or ``"curvature"``
             (SimpleITK bilateral filter, curvature flow).
-        denoise_strength: multiplies the noise level estimated from the image (``estimate_sigma``): non-local
+        denoise_strength: multiplies the noise level estimated from the image (:func:`noise_sigma`); non-local
             means ``h = 0.8 * strength * sigma``; bilateral range sigma ``2 * strength * sigma``; curvature
             flow runs ``round(5 * strength)`` iterations.
         denoise_spatial: bilateral spatial (domain) sigma in pixels.
@@ -143,10 +146,26 @@ def _clahe(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
     return equalize_adapthist(x, kernel_size=c.clahe_tile, clip_limit=c.clahe_clip * 256 / bins, nbins=bins)
 
 
-def _denoise(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
-    from skimage.restoration import denoise_nl_means, estimate_sigma
+def noise_sigma(image: np.ndarray) -> float:
+    """Noise standard deviation of a 2-D image: median absolute finest-scale Haar diagonal detail / 0.6745.
 
-    sigma = float(estimate_sigma(x))
+    Donoho's wavelet MAD estimate, as ``skimage.restoration.estimate_sigma`` computes it with Daubechies
+    wavelets; written out for the Haar wavelet because that function needs PyWavelets, which medsynth does
+    not depend on. The median ignores the few large coefficients at edges.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    rows, cols = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    if rows == 0 or cols == 0:
+        return 0.0
+    a, b = x[0:rows:2, 0:cols:2], x[1:rows:2, 0:cols:2]
+    c, d = x[0:rows:2, 1:cols:2], x[1:rows:2, 1:cols:2]
+    return float(np.median(np.abs(a - b - c + d) / 2.0) / 0.6745)
+
+
+def _denoise(x: np.ndarray, c: EnhanceConfig, depth: int) -> np.ndarray:
+    from skimage.restoration import denoise_nl_means
+
+    sigma = noise_sigma(x)
     if not sigma > 0 or c.denoise_strength == 0:
         return x
     if c.denoise_method == "nlmeans":
@@ -227,11 +246,10 @@ def image_stats(image: np.ndarray, value_range: tuple[float, float] | None = Non
         9x9-pixel windows; ``entropy``: Shannon entropy in bits of a 256-bin histogram over [0, 1] (the same
         bins for 8- and 16-bit input, so values compare across depths; at most 8); ``edge_strength``: mean
         Sobel gradient magnitude (``skimage.filters.sobel``); ``noise_sigma``: noise standard deviation
-        estimated by ``skimage.restoration.estimate_sigma``; ``mean``.
+        (:func:`noise_sigma`); ``mean``.
     """
     from scipy.ndimage import uniform_filter
     from skimage.filters import sobel
-    from skimage.restoration import estimate_sigma
 
     values = np.asarray(image, dtype=np.float64)
     lo, hi = value_range if value_range is not None else (values.min(), values.max())
@@ -245,7 +263,7 @@ def image_stats(image: np.ndarray, value_range: tuple[float, float] | None = Non
         "local_contrast": float(np.sqrt(local_var).mean()),
         "entropy": float(-(p * np.log2(p)).sum()),
         "edge_strength": float(sobel(x).mean()),
-        "noise_sigma": float(estimate_sigma(x)) if min(x.shape) > 1 else 0.0,
+        "noise_sigma": noise_sigma(x),
         "mean": float(x.mean()),
     }
     return {k: round(v, 6) for k, v in stats.items()}
@@ -389,7 +407,7 @@ def _preview_path(output: Path) -> Path:
 def write_preview(path: Path, before: np.ndarray, after: np.ndarray, value_range: tuple[float, float],
                   max_rows: int = 1024) -> Path:
     """Write an 8-bit PNG: ``before | after``, both windowed by ``value_range``, labelled, atomically."""
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
     from skimage.transform import resize
 
     from medsynth.image2d import atomic_path
@@ -406,9 +424,14 @@ def write_preview(path: Path, before: np.ndarray, after: np.ndarray, value_range
     gap = np.full((tiles[0].shape[0], 8), 128, np.uint8)
     canvas = Image.fromarray(np.concatenate([tiles[0], gap, tiles[1]], axis=1))
     draw = ImageDraw.Draw(canvas)
+    try:  # a scalable font where Pillow has FreeType, so the labels are readable on large images
+        font = ImageFont.load_default(size=max(10, tiles[0].shape[0] // 40))
+    except (TypeError, OSError, ImportError):
+        font = ImageFont.load_default()
     for x, label in ((4, "before"), (tiles[0].shape[1] + 12, "after")):
-        draw.rectangle((x, 2, x + 6 * len(label) + 4, 14), fill=0)
-        draw.text((x + 2, 2), label, fill=255)
+        box = draw.textbbox((x + 3, 3), label, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=0)
+        draw.text((x + 3, 3), label, fill=255, font=font)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
     return path

@@ -38,7 +38,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from medsynth.errors import InputError
 
 __all__ = [
     "HU_RANGE",
+    "CasePair",
     "baseline_translate",
     "case_id",
     "ct_metrics",
@@ -151,13 +152,14 @@ def ssim_map(
     """Full-size SSIM map of two 2D or 3D images (Wang et al. 2004, Gaussian window).
 
     MONAI's ``monai.metrics.regression.compute_ssim_and_cs`` returns the map too, but only for the
-    "valid" interior (each side shrinks by ``kernel_size // 2``) and with a dense 11^3 kernel, which is
-    slow on CPU for whole volumes. We need one value per voxel to average over a mask, so this does the
-    same arithmetic in torch with a separable Gaussian (three 1D passes) and replicate padding at the
-    volume border; in the interior it equals MONAI's map (checked in the tests).
+    "valid" interior (each side shrinks by ``kernel_size // 2``), in float32 with a dense 11^3 kernel,
+    which is slow on CPU for whole volumes. We need one value per voxel to average over a mask, so this
+    does the same arithmetic with a separable Gaussian (three 1D passes of ``scipy.ndimage.correlate1d``,
+    single-threaded, so it does not fight other processes for cores as small torch ops do) and
+    replicate padding at the border. In the interior it equals MONAI's and scikit-image's maps (tested).
 
     Args:
-        x: first image, 2D (treated as one slice) or 3D.
+        x: first image, 2D or 3D.
         y: second image, same shape.
         data_range: value range of the images (1 for [0, 1]-normalised images).
         kernel_size: Gaussian window size.
@@ -168,48 +170,36 @@ def ssim_map(
     Returns:
         float32 array with the shape of ``x``.
     """
-    import torch
-    import torch.nn.functional as F
+    from scipy.ndimage import correlate1d
 
     x = _as_numpy(x)
     y = _as_numpy(y)
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {x.shape} and {y.shape}")
-    shape = x.shape
-    if x.ndim == 2:
-        x, y = x[..., None], y[..., None]
-    if x.ndim != 3:
-        raise ValueError(f"expected a 2D or 3D image, got shape {shape}")
-    # Scale to [0, 1] so float32 keeps its precision in the variance terms (SSIM is scale invariant
-    # when data_range scales with the images).
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) / float(data_range)
-    yt = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)) / float(data_range)
-    stack = torch.stack([xt, yt, xt * xt, yt * yt, xt * yt])  # (5, I, J, K)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D image, got shape {x.shape}")
+    # Scaled to [0, 1] so float32 keeps its precision in the variance terms (SSIM does not change when
+    # the images and data_range scale together).
+    x = x.astype(np.float32) / np.float32(data_range)
+    y = y.astype(np.float32) / np.float32(data_range)
+    taps = np.arange(kernel_size) - kernel_size // 2
+    window = np.exp(-(taps**2) / (2 * sigma**2))
+    window /= window.sum()
 
-    half = kernel_size // 2
-    coords = torch.arange(kernel_size, dtype=torch.float32) - half
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    # Separable filter as a weighted sum of shifted views: on CPU this is faster than conv3d with
-    # (11, 1, 1) kernels, and it runs on any torch device.
-    with torch.no_grad():
-        for axis in range(3):
-            dim = axis + 1
-            pad = [0, 0, 0, 0, 0, 0]  # F.pad order: last axis first
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = half
-            padded = F.pad(stack[None], pad, mode="replicate")[0]
-            out = torch.zeros_like(stack)
-            for tap in range(kernel_size):
-                out.add_(padded.narrow(dim, tap, stack.shape[dim]), alpha=float(g[tap]))
-            stack = out
-    mu_x, mu_y, mu_xx, mu_yy, mu_xy = stack
-    var_x = mu_xx - mu_x * mu_x
-    var_y = mu_yy - mu_y * mu_y
-    cov = mu_xy - mu_x * mu_y
-    c1 = k1**2
-    c2 = k2**2
-    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim.numpy().reshape(shape)
+    def blur(a: np.ndarray) -> np.ndarray:
+        for axis in range(a.ndim):
+            if a.shape[axis] > 1:  # a single slice: the window's weights sum to 1 along that axis
+                a = correlate1d(a, window, axis=axis, mode="nearest")
+        return a
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x * mu_x
+    var_y = blur(y * y) - mu_y * mu_y
+    cov = blur(x * y) - mu_x * mu_y
+    c1 = np.float32(k1**2)
+    c2 = np.float32(k2**2)
+    ssim = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return ssim.astype(np.float32, copy=False)
 
 
 def _mean_ssim_in_mask(x: np.ndarray, y: np.ndarray, mask: np.ndarray, data_range: float) -> float:
@@ -308,7 +298,7 @@ def ct_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray | None 
 def baseline_translate(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """The classical baseline: invert the normalised source, then match its histogram to the reference.
 
-    Inside the mask, the source is normalised to [0, 1] (:func:`normalise_in_mask`), inverted
+    Inside the mask, the source is normalised by its 0.5/99.5 percentiles (unclipped), inverted
     (``1 - s``, since T1 and T2 contrasts are roughly opposite) and histogram-matched to the reference's
     voxels inside the mask (``skimage.exposure.match_histograms``). Outside the mask the result is the
     reference's minimum (its background value).
@@ -329,7 +319,10 @@ def baseline_translate(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) ->
     if source.shape != ref.shape:
         raise ValueError(f"source shape {source.shape} differs from reference shape {ref.shape}")
     mask = _check_mask(mask, ref.shape)
-    inverted = 1.0 - normalise_in_mask(source, mask)
+    # Normalise by the 0.5/99.5 percentiles but do not clip: matching is by rank, and clipping would
+    # tie the extreme 1% of voxels to one value (costing ~10 dB even on a perfectly inverted image).
+    lo, hi = np.percentile(source[mask].astype(np.float64), [0.5, 99.5])
+    inverted = 1.0 - (source.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
     out = np.full(ref.shape, np.min(ref), dtype=np.float32)
     out[mask] = match_histograms(inverted[mask], ref[mask])
     return out
@@ -393,12 +386,22 @@ def _index(files: Sequence[Path], what: str) -> dict[str, Path]:
     return index
 
 
+class CasePair(NamedTuple):
+    """The files of one case; a plain tuple ``(case, pred, ref, source, mask)`` too."""
+
+    case: str
+    pred: Path
+    ref: Path
+    source: Path | None
+    mask: Path | None
+
+
 def pair_cases(
     pred_files: Sequence[str | Path],
     ref_files: Sequence[str | Path],
     source_files: Sequence[str | Path] | None = None,
     mask_files: Sequence[str | Path] | None = None,
-) -> list[tuple[str, Path, Path, Path | None, Path | None]]:
+) -> list[CasePair]:
     """Pair predictions with references (and sources, masks) by case name (:func:`case_id`).
 
     A single prediction with a single reference is paired whatever their names (same for a single
@@ -412,7 +415,7 @@ def pair_cases(
         mask_files: mask images, or None.
 
     Returns:
-        ``[(case, pred, ref, source or None, mask or None), ...]`` in the order of ``pred_files``.
+        ``[CasePair(case, pred, ref, source or None, mask or None), ...]`` in the order of ``pred_files``.
 
     Raises:
         InputError: no files, a case given twice, or a prediction without its reference/source/mask.
@@ -448,7 +451,7 @@ def pair_cases(
     sources = lookup(source_files, "source")
     masks = lookup(mask_files, "mask")
     return [
-        (case_id(p), p, r, s, m)  # type: ignore[misc]
+        CasePair(case_id(p), p, r, s, m)  # type: ignore[arg-type]
         for p, r, s, m in zip(preds, refs_found, sources, masks)
     ]
 
@@ -465,11 +468,13 @@ def _find(sources: Sequence[str | Path] | str | Path | None) -> list[Path] | Non
     return find_files(sources, what="any")
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 array (I, J, K), voxel-to-RAS affine); InputError for anything unreadable or invalid."""
+def _load(path: Path, allow_constant: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 array (I, J, K), voxel-to-RAS affine); InputError for anything unreadable or invalid.
+
+    Masks and predictions may be constant (an all-ones mask, a collapsed model being scored)."""
     from medsynth.io import load_image
 
-    image = load_image(path)
+    image = load_image(path, allow_constant=allow_constant)
     return np.asarray(image.array, dtype=np.float32), np.asarray(image.affine, dtype=float)
 
 
@@ -486,9 +491,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # --------------------------------------------------------------------------------------------- evaluation
 
-_METRIC_KEYS = ("psnr", "ssim", "mae", "mae_hu", "psnr_hu", "ssim_hu")
-
-
 def _score_case(
     case: str,
     pred_path: Path,
@@ -498,7 +500,7 @@ def _score_case(
     ct: bool | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics row for one case, and the arrays the figure needs."""
-    pred, _ = _load(pred_path)
+    pred, _ = _load(pred_path, allow_constant=True)
     ref, affine = _load(ref_path)
     if pred.shape != ref.shape:
         raise InputError(pred_path, f"shape {pred.shape} differs from reference {ref_path} shape {ref.shape}")
@@ -511,7 +513,7 @@ def _score_case(
             )
     is_ct = bool(np.min(ref) < CT_THRESHOLD_HU) if ct is None else bool(ct)
     if mask_path is not None:
-        mask_arr, _ = _load(mask_path)
+        mask_arr, _ = _load(mask_path, allow_constant=True)
         if mask_arr.shape != ref.shape:
             raise InputError(mask_path, f"shape {mask_arr.shape} differs from reference shape {ref.shape}")
         mask = mask_arr > 0
@@ -559,8 +561,9 @@ def _numeric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
 def _means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     means: dict[str, float] = {}
     for col in _numeric_columns(rows):
-        vals = [r[col] for r in rows if isinstance(r.get(col), float)]
-        means[col] = float(np.mean(vals)) if vals else math.nan
+        vals = [r[col] for r in rows if isinstance(r.get(col), float) and not math.isnan(r[col])]
+        with np.errstate(invalid="ignore"):  # inf and -inf (PSNR gains of perfect cases) mean nan
+            means[col] = float(np.mean(vals)) if vals else math.nan
     return means
 
 
@@ -721,9 +724,11 @@ def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> No
         title += f"   MAE {row['mae_hu']:.0f} HU"
     if "baseline_psnr" in row:
         title += f"\nbaseline: PSNR {row['baseline_psnr']:.2f} dB   SSIM {row['baseline_ssim']:.3f}"
-        title += f"   (model {row['psnr_gain']:+.2f} dB above baseline)"
+        gain = row["psnr_gain"]
+        title += f"   (model {abs(gain):.2f} dB {'below' if gain < 0 else 'above'} baseline)"
     fig.suptitle(title, fontsize=10)
-    fig.text(0.5, 0.005, "intensities normalised to [0, 1] in the mask; errors on 0-0.5; radiological view",
+    view = "as stored" if mask.shape[2] == 1 else "radiological view"
+    fig.text(0.5, 0.005, f"intensities normalised to [0, 1] in the mask; errors on 0-0.5; {view}",
              ha="center", fontsize=7, color="0.4")  # fmt: skip
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     buf = _stdio.BytesIO()

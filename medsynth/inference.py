@@ -173,6 +173,7 @@ class Translator:
         Returns:
             The same kind of object as given (a path gives an ``Image``), with the input's geometry.
         """
+        self._resolve_direction(direction)
         if isinstance(volume, (str, os.PathLike)):
             volume = load_image(volume)
         if isinstance(volume, Image):
@@ -201,7 +202,11 @@ class Translator:
             out = self.translate_array(arr3, np.asarray(volume.affine), direction, axis, fuse, progress)
             header = volume.header.copy()
             header.set_data_dtype(np.float32)
-            result = type(volume)(out.reshape(shape).astype(np.float32), None, header=header)
+            result = type(volume)(out.reshape(shape).astype(np.float32), volume.affine, header=header)
+            # the affine argument would rewrite the sform; keep both forms and their codes as they were
+            for form in ("qform", "sform"):
+                matrix, code = getattr(volume.header, f"get_{form}")(coded=True)
+                getattr(result.header, f"set_{form}")(matrix, code=int(code))
             result.header.set_slope_inter(None, None)
             return result
         raise TypeError(f"cannot translate a {type(volume).__name__}: give a path, nibabel image or MetaTensor")
@@ -243,9 +248,9 @@ class Translator:
                                      affine=torch.as_tensor(affine, dtype=torch.float64)))
         x = ras.as_tensor()
         if self.config.enhance:
-            from medsynth.transforms import EnhanceSliced
+            from medsynth.enhance import Enhance
 
-            x = EnhanceSliced("image", self.config.enhance)({"image": x})["image"]
+            x = torch.as_tensor(Enhance(list(self.config.enhance))(x))
         stats = intensity_stats(x)
         foreground = x > stats.threshold
         x = normalise(x, stats)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from medsynth.errors import InputError
+from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom
+from medsynth.image2d import natural_sort_key as natural_key
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
-IMAGE2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -75,12 +75,6 @@ def stem_of(path: str | Path) -> str:
     return name[: len(name) - len(suffix_of(path))] if suffix_of(path) else name
 
 
-def natural_key(path: str | Path) -> tuple:
-    """Sort key that puts ``CT (2).png`` before ``CT (10).png``."""
-    parts = re.split(r"(\d+)", str(path))
-    return tuple(int(p) if p.isdigit() else p.lower() for p in parts)
-
-
 def _suffixes_for(what: str) -> tuple[str, ...]:
     if what == "volume":
         return VOLUME_SUFFIXES
@@ -107,7 +101,9 @@ def find_files(sources: Sequence[str | Path] | str | Path, what: str = "any") ->
         text = str(source)
         path = Path(text).expanduser()
         if path.is_dir():
-            matches = [p for p in path.rglob("*") if p.is_file() and suffix_of(p) in suffixes]
+            # DICOM exports often have no suffix at all
+            matches = [p for p in path.rglob("*") if p.is_file() and (
+                suffix_of(p) in suffixes or (what != "volume" and not p.suffix and is_dicom(p)))]
             if not matches:
                 raise InputError(path, f"no {_describe(what)} found in this folder ({', '.join(suffixes)})")
             found.extend(sorted(matches, key=natural_key))
@@ -132,16 +128,17 @@ def _describe(what: str) -> str:
 
 
 def is_image2d(path: str | Path) -> bool:
-    """Whether the file is a 2D image format (PNG, JPEG, TIFF, DICOM)."""
-    return suffix_of(path) in IMAGE2D_SUFFIXES
+    """Whether the file is a 2D image format (PNG, JPEG, TIFF, DICOM, also DICOM without a suffix)."""
+    return suffix_of(path) in IMAGE2D_SUFFIXES or (not Path(path).suffix and Path(path).is_file() and is_dicom(path))
 
 
-def load_image(path: str | Path, expect: str = "any") -> Image:
+def load_image(path: str | Path, expect: str = "any", allow_constant: bool = False) -> Image:
     """Read and validate an image.
 
     Args:
         path: a NIfTI, MHA/MHD/NRRD, PNG/JPEG/TIFF or DICOM file.
         expect: ``"volume"`` refuses 2D images (and volumes with a single slice), ``"any"`` takes both.
+        allow_constant: accept an image of one value (a mask, a collapsed prediction being evaluated).
 
     Raises:
         InputError: the file is missing, unreadable, not an image, 2D where a volume is expected, has more than
@@ -157,7 +154,7 @@ def load_image(path: str | Path, expect: str = "any") -> Image:
         image = _load_nifti(path)
     elif suffix in ITK_SUFFIXES:
         image = _load_itk(path)
-    elif suffix in IMAGE2D_SUFFIXES:
+    elif is_image2d(path):
         if expect == "volume":
             raise InputError(path, "a 2D image where a 3D volume is expected")
         image = _load_image2d(path)
@@ -165,18 +162,20 @@ def load_image(path: str | Path, expect: str = "any") -> Image:
         raise InputError(path, f"not a supported image file (expected one of {', '.join(VOLUME_SUFFIXES + IMAGE2D_SUFFIXES)})")
     if expect == "volume" and sum(s > 1 for s in image.array.shape) < 3:
         raise InputError(path, f"a 2D image (shape {tuple(image.array.shape)}) where a 3D volume is expected")
-    validate_array(image.array, path)
+    validate_array(image.array, path, allow_constant)
     return image
 
 
-def validate_array(array: np.ndarray, path: str | Path) -> None:
-    """Refuse arrays that no model can use: NaN/Inf voxels, all zeros, or a constant value."""
+def validate_array(array: np.ndarray, path: str | Path, allow_constant: bool = False) -> None:
+    """Refuse arrays that no model can use: NaN/Inf voxels, all zeros, or (unless allowed) a constant value."""
     if array.size == 0:
         raise InputError(path, "the image is empty")
     finite = np.isfinite(array)
     if not finite.all():
         raise InputError(path, f"{int((~finite).sum())} voxels are NaN or Inf")
     lo, hi = float(array.min()), float(array.max())
+    if allow_constant:
+        return
     if lo == hi == 0:
         raise InputError(path, "all voxels are zero")
     if lo == hi:
@@ -296,7 +295,8 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
     if array.shape != ref.array.shape:
         raise ValueError(f"array shape {array.shape} differs from the reference {ref.array.shape}")
     target = np.dtype(np.float32) if dtype in (None, "float32") else (ref.dtype if dtype == "input" else np.dtype(dtype))
-    if target.kind in "iu":
+    # 2D formats store their own type and range (write_image2d), e.g. a CT DICOM's negative values
+    if target.kind in "iu" and ref.format != "image2d":
         info = np.iinfo(target)
         array = np.clip(np.rint(array), info.min, info.max)
     if not path.parent.exists():
@@ -308,7 +308,7 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
             _write_nifti(ref, array, target, tmp)
         elif suffix in ITK_SUFFIXES:
             _write_itk(ref, array, target, tmp)
-        elif suffix in IMAGE2D_SUFFIXES:
+        elif suffix in IMAGE2D_SUFFIXES or (not suffix and ref.format == "image2d"):
             _write_image2d(ref, array, tmp)
         else:
             raise InputError(path, f"cannot write this format (use one of {', '.join(VOLUME_SUFFIXES + IMAGE2D_SUFFIXES)})")

@@ -24,7 +24,7 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.errors import InputError
-from medsynth.io import IMAGE2D_SUFFIXES, find_files, suffix_of
+from medsynth.io import find_files, is_image2d
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
 
@@ -100,7 +100,7 @@ class DomainData:
         from medsynth.transforms import IntensityStats, prepare_transform
 
         self.files = list(files)
-        items = [{"image": str(f), "expect": "any" if suffix_of(f) in IMAGE2D_SUFFIXES else "volume"} for f in files]
+        items = [{"image": str(f), "expect": "any" if is_image2d(f) else "volume"} for f in files]
         volumes = [i for i in items if i["expect"] == "volume"]
         images = [i for i in items if i["expect"] == "any"]
         self.items: list[dict[str, Any]] = []
@@ -472,7 +472,7 @@ class Trainer:
 
         a = find_files(config.val_a, what="any")
         b = find_files(config.val_b, what="any")
-        return [(p[0], p[1]) for p in pair_cases(a, b)]
+        return [(p.pred, p.ref) for p in pair_cases(a, b)]
 
     def _validate_round(self, model: Any, pairs: list[tuple[Path, Path]], step: int,
                         history: list[dict[str, Any]], writer: Any, device: torch.device) -> list[dict[str, Any]]:
@@ -486,10 +486,11 @@ class Trainer:
         model.eval()
         scores = []
         for src, ref in pairs:
-            pred = translator.translate(load_image(src), direction=translator.directions[0], axis=self.config.val_axis)
-            ref_img = load_image(ref)
-            mask = (load_image(src).array > 0) & (ref_img.array > 0)
-            scores.append(masked_metrics(pred.array, ref_img.array, mask))
+            source = load_image(src)
+            pred = translator.translate(source, direction=translator.directions[0], axis=self.config.val_axis)
+            reference = load_image(ref)
+            mask = (source.array > 0) & (reference.array > 0)
+            scores.append(masked_metrics(pred.array, reference.array, mask))
         model.train()
         mean = {k: float(np.mean([s[k] for s in scores])) for k in scores[0]}
         entry = {"step": step, **mean}

@@ -75,13 +75,30 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def foreground_threshold(x: np.ndarray) -> float:
-    """Threshold above which voxels are foreground (see :data:`FOREGROUND_FRACTION`)."""
+def background_level(x: np.ndarray, top: float) -> float:
+    """The background's intensity: the most populated of 512 histogram bins between the minimum and ``top``
+    when it holds over 10% of the voxels (the zero of skull-stripped MRI even when some voxels are negative,
+    the air of CT), else the minimum."""
     lo = float(x.min())
-    top = float(np.percentile(x, UPPER_PERCENTILE))
     if top <= lo:
+        return lo
+    sample = x.ravel()[:: max(1, x.size // 2_000_000)]
+    counts, edges = np.histogram(sample, bins=512, range=(lo, top))
+    peak = int(counts.argmax())
+    if counts[peak] < 0.1 * sample.size:
+        return lo
+    inside = sample[(sample >= edges[peak]) & (sample <= edges[peak + 1])]
+    return float(np.median(inside))
+
+
+def foreground_threshold(x: np.ndarray) -> float:
+    """Threshold above which voxels are foreground: :data:`FOREGROUND_FRACTION` of the way from the background
+    level up to the upper percentile."""
+    top = float(np.percentile(x, UPPER_PERCENTILE))
+    if top <= float(x.min()):
         top = float(x.max())
-    return lo + FOREGROUND_FRACTION * (top - lo)
+    bg = background_level(x, top)
+    return bg + FOREGROUND_FRACTION * (top - bg)
 
 
 def intensity_stats(x: np.ndarray | torch.Tensor) -> IntensityStats:
@@ -156,31 +173,6 @@ class LoadImaged(MapTransform):
         return d
 
 
-class EnhanceSliced(MapTransform):
-    """Dictionary transform: the X-ray enhancement chain applied slice by slice along the last axis."""
-
-    def __init__(self, keys: KeysCollection, steps: Sequence[str]) -> None:
-        super().__init__(keys)
-        self.steps = list(steps)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from medsynth.enhance import EnhanceConfig, enhance
-
-        d = dict(data)
-        config = EnhanceConfig(steps=self.steps)
-        for key in self.key_iterator(d):
-            x = d[key]
-            arr = _as_numpy(x)
-            out = np.stack([enhance(arr[0, ..., k], config) for k in range(arr.shape[-1])], axis=-1)[None]
-            if isinstance(x, torch.Tensor):
-                x = x.clone()
-                x[...] = torch.from_numpy(out.astype(np.float32))
-                d[key] = x
-            else:
-                d[key] = out.astype(np.float32)
-        return d
-
-
 def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhance: Sequence[str] = ()) -> Compose:
     """Deterministic part shared by training and conversion: load, channel first, RAS, normalise.
 
@@ -192,7 +184,9 @@ def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhan
         Orientationd(keys, axcodes="RAS", labels=RAS_LABELS),
     ]
     if enhance:
-        chain.append(EnhanceSliced(keys, enhance))
+        from medsynth.enhance import Enhanced
+
+        chain.append(Enhanced(keys, list(enhance)))
     chain.append(RobustNormalised(keys))
     return Compose(chain)
 

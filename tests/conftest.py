@@ -14,7 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 torch.set_num_threads(2)
 
 
-def head_phantom(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0, contrast: str = "t1") -> np.ndarray:
+def phantom(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0, contrast: str = "t1") -> np.ndarray:
     """A head-like volume: zero background, an ellipsoid "brain" with a brighter off-centre blob and a dark
     "ventricle", so that flips, transposes and shifts of the array are visible in any comparison."""
     rng = np.random.default_rng(seed)
@@ -32,6 +32,12 @@ def head_phantom(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0, cont
 
 
 @pytest.fixture
+def head_phantom() -> Callable[..., np.ndarray]:
+    """The phantom function: ``head_phantom(shape=(20, 24, 16), seed=0, contrast="t1") -> np.ndarray``."""
+    return phantom
+
+
+@pytest.fixture
 def make_volume() -> Callable[..., Path]:
     """Factory: ``make_volume(tmp_path, name="vol.nii.gz", shape=(20, 24, 16), affine=None, dtype=np.float32,
     seed=0, contrast="t1")`` writes a head phantom with nibabel and returns its path."""
@@ -41,7 +47,7 @@ def make_volume() -> Callable[..., Path]:
              contrast: str = "t1") -> Path:
         import nibabel as nib
 
-        data = head_phantom(shape, seed, contrast)
+        data = phantom(shape, seed, contrast)
         affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
         img = nib.Nifti1Image(data.astype(dtype), affine)
         img.header.set_qform(affine, code=1)

@@ -1,0 +1,248 @@
+"""Translator and medsynth-convert: geometry exactly the input's, identity round trip, bad inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import itk
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from medsynth.cli import convert_main
+from medsynth.errors import InputError
+from medsynth.inference import Translator
+from medsynth.transforms import IntensityStats, intensity_stats
+
+OBLIQUE = np.array([[0.96, -0.28, 0.0, -40.0], [0.27, 0.93, 0.25, 12.5], [-0.07, -0.24, 0.97, 31.0], [0, 0, 0, 1]])
+LPS_FLIPPED = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.diag([1.0, 1.0, 1.0, 1.0])
+PERMUTED = np.array([[0, 0, -1.2, 60], [-0.9, 0, 0, 80], [0, 2.0, 0, -20], [0, 0, 0, 1.0]])
+ANISOTROPIC = np.diag([0.5, 0.8, 3.0, 1.0])
+
+GEOMETRIES = {"oblique": OBLIQUE, "lps": LPS_FLIPPED, "permuted": PERMUTED, "anisotropic": ANISOTROPIC}
+
+
+def expected_identity(data: np.ndarray, model: Path) -> np.ndarray:
+    """What the normalisation round trip alone gives: input statistics in, target statistics out."""
+    payload = torch.load(model, weights_only=True)
+    target = IntensityStats.from_dict(payload["stats"]["t2"])
+    stats = intensity_stats(data)
+    y = np.clip((data - stats.lo) / (stats.hi - stats.lo), 0, 1)
+    out = y * (target.hi - target.lo) + target.lo
+    return np.where(data > stats.threshold, out, target.background).astype(np.float32)
+
+
+def assert_same_geometry(out_path: Path, in_path: Path) -> None:
+    """nibabel, SimpleITK and ITK all read the output with the input's geometry."""
+    a, b = nib.load(in_path), nib.load(out_path)
+    assert b.shape == a.shape
+    np.testing.assert_array_equal(b.affine, a.affine)
+    np.testing.assert_array_equal(b.header.get_zooms(), a.header.get_zooms())
+    for form in ("qform", "sform"):
+        matrix_a, code_a = getattr(a.header, f"get_{form}")(coded=True)
+        matrix_b, code_b = getattr(b.header, f"get_{form}")(coded=True)
+        assert int(code_a) == int(code_b)
+        if matrix_a is not None:
+            np.testing.assert_array_equal(matrix_b, matrix_a)
+    assert a.header.get_xyzt_units() == b.header.get_xyzt_units()
+    sa, sb = sitk.ReadImage(str(in_path)), sitk.ReadImage(str(out_path))
+    np.testing.assert_allclose(sb.GetOrigin(), sa.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(sb.GetSpacing(), sa.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(sb.GetDirection(), sa.GetDirection(), atol=1e-6)
+    ia, ib = itk.imread(str(in_path)), itk.imread(str(out_path))
+    np.testing.assert_allclose(np.asarray(ib.GetOrigin()), np.asarray(ia.GetOrigin()), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ib.GetSpacing()), np.asarray(ia.GetSpacing()), atol=1e-6)
+    np.testing.assert_allclose(itk.array_from_matrix(ib.GetDirection()), itk.array_from_matrix(ia.GetDirection()),
+                               atol=1e-6)
+    # and the three readers agree with each other about the output
+    np.testing.assert_allclose(np.asarray(ib.GetOrigin()), sb.GetOrigin(), atol=1e-5)
+
+
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_identity_generator_keeps_geometry_and_intensities(tmp_path: Path, make_volume, identity_model: Path,
+                                                           geometry: str) -> None:
+    src = make_volume(tmp_path, "in.nii.gz", shape=(15, 18, 11), affine=GEOMETRIES[geometry])
+    out = tmp_path / "out.nii.gz"
+    assert convert_main([str(src), str(out), "--model", str(identity_model), "--progress", "none"]) == 0
+    assert_same_geometry(out, src)
+    data = nib.load(src).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(nib.load(out).get_fdata(), expected_identity(data, identity_model), rtol=1e-5,
+                               atol=1e-2)
+
+
+def test_each_axis_and_fusion_give_the_same_geometry_and_values(tmp_path: Path, make_volume,
+                                                                identity_model: Path) -> None:
+    src = make_volume(tmp_path, "in.nii.gz", shape=(13, 17, 9), affine=OBLIQUE)
+    translator = Translator.from_file(identity_model, device="cpu")
+    expected = expected_identity(nib.load(src).get_fdata(dtype=np.float32), identity_model)
+    for axis in ("axial", "coronal", "sagittal", "all"):
+        for fuse in ("mean", "median") if axis == "all" else ("mean",):
+            out = tmp_path / f"{axis}_{fuse}.nii.gz"
+            translator.translate_file(src, out, direction="t1-to-t2", axis=axis, fuse=fuse)
+            assert_same_geometry(out, src)
+            np.testing.assert_allclose(nib.load(out).get_fdata(), expected, rtol=1e-5, atol=1e-2)
+
+
+def test_real_generator_output_is_not_flipped_between_axes(tmp_path: Path, make_volume, tiny_model: Path) -> None:
+    """With a real (untrained) network the three axes differ in values but must agree in where things are."""
+    src = make_volume(tmp_path, "in.nii.gz", shape=(16, 20, 12), affine=PERMUTED)
+    translator = Translator.from_file(tiny_model, device="cpu")
+    outs = {a: translator.translate(src, axis=a).array for a in ("axial", "coronal", "sagittal")}
+    data = nib.load(src).get_fdata()
+    fg = data > intensity_stats(data).threshold
+    for axis, out in outs.items():
+        assert out.shape == data.shape
+        # background outside the input's foreground is the target's background everywhere
+        assert np.all(out[~fg] == 0.0), axis
+        assert np.isfinite(out).all()
+
+
+def test_qform_only_odd_sizes_and_scaled_int16(tmp_path: Path, identity_model: Path, head_phantom) -> None:
+    data = head_phantom((11, 13, 7))
+    img = nib.Nifti1Image(np.round(data / 0.25).astype(np.int16), None)
+    img.header.set_qform(OBLIQUE, code=1)
+    img.header.set_sform(None, code=0)
+    img.header.set_slope_inter(0.25, -3.0)
+    src = tmp_path / "qform_only.nii"
+    nib.save(img, src)
+    out = tmp_path / "res.nii"
+    assert convert_main([str(src), str(out), "--model", str(identity_model), "--progress", "none"]) == 0
+    assert_same_geometry(out, src)
+    assert nib.load(out).header["sform_code"] == 0
+    assert nib.load(out).get_data_dtype() == np.float32
+    typed = tmp_path / "typed.nii"
+    assert convert_main([str(src), str(typed), "--model", str(identity_model), "--dtype", "input",
+                         "--progress", "none"]) == 0
+    assert nib.load(typed).get_data_dtype() == np.int16
+    expected = expected_identity(nib.load(src).get_fdata(dtype=np.float32), identity_model)
+    np.testing.assert_allclose(nib.load(typed).get_fdata(), expected, atol=1.0 * abs(nib.load(typed).dataobj.slope) + 1)
+
+
+def test_simpleitk_written_inputs_nifti_nrrd_mha(tmp_path: Path, identity_model: Path, head_phantom) -> None:
+    img = sitk.GetImageFromArray(head_phantom((9, 14, 12)).transpose(2, 1, 0).copy())
+    img.SetSpacing((0.7, 1.1, 2.3))
+    img.SetOrigin((12.0, -30.0, 4.5))
+    img.SetDirection(tuple(np.array([[0, 1, 0], [-1, 0, 0], [0, 0, 1.0]]).flatten()))
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        src = tmp_path / f"sitk{suffix}"
+        sitk.WriteImage(img, str(src))
+        out = tmp_path / f"out{suffix}"
+        assert convert_main([str(src), str(out), "--model", str(identity_model), "--progress", "none"]) == 0
+        a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(out))
+        assert a.GetSize() == b.GetSize()
+        np.testing.assert_allclose(b.GetOrigin(), a.GetOrigin(), atol=1e-5)
+        np.testing.assert_allclose(b.GetSpacing(), a.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(b.GetDirection(), a.GetDirection(), atol=1e-6)
+        data = sitk.GetArrayFromImage(a).astype(np.float32)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(b), expected_identity(data, identity_model), atol=1e-2)
+        if suffix == ".nii.gz":
+            assert_same_geometry(out, src)
+
+
+def test_translate_accepts_nibabel_images_and_metatensors(tmp_path: Path, make_volume, tiny_model: Path) -> None:
+    from monai.data import MetaTensor
+
+    src = make_volume(tmp_path, "in.nii.gz", shape=(12, 12, 8), affine=OBLIQUE)
+    translator = Translator.from_file(tiny_model, device="cpu")
+    assert translator.domains == ("t1", "t2") and translator.directions == ["t1-to-t2", "t2-to-t1"]
+    from_path = translator.translate(src).array
+    img = nib.load(src)
+    from_nib = translator.translate(img)
+    assert isinstance(from_nib, nib.Nifti1Image)
+    np.testing.assert_array_equal(from_nib.affine, img.affine)
+    np.testing.assert_allclose(from_nib.get_fdata(), from_path, atol=1e-5)
+    mt = MetaTensor(torch.from_numpy(img.get_fdata(dtype=np.float32))[None], affine=torch.as_tensor(img.affine))
+    from_mt = translator.translate(mt)
+    assert isinstance(from_mt, MetaTensor) and from_mt.shape == mt.shape
+    np.testing.assert_allclose(from_mt.affine.numpy(), img.affine)
+    np.testing.assert_allclose(from_mt[0].numpy(), from_path, atol=1e-5)
+    done = []
+    translator.translate(src, axis="all", progress=lambda d, t: done.append((d, t)))
+    assert done[-1] == (12 + 12 + 8, 12 + 12 + 8)
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = convert_main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, make_volume, tiny_model: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    good = make_volume(tmp_path, "good.nii.gz")
+    cases = {}
+    (tmp_path / "text.nii.gz").write_text("not a volume")
+    cases["text.nii.gz"] = "cannot read as NIfTI"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), tmp_path / "zero.nii.gz")
+    cases["zero.nii.gz"] = "all voxels are zero"
+    nan = np.ones((8, 8, 8), np.float32)
+    nan[2, 2, 2] = np.inf
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path / "inf.nii.gz")
+    cases["inf.nii.gz"] = "NaN or Inf"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((8, 8, 8, 2)).astype(np.float32), np.eye(4)),
+             tmp_path / "frames.nii.gz")
+    cases["frames.nii.gz"] = "2 frames"
+    for name, problem in cases.items():
+        code, err = _run([str(tmp_path / name), str(tmp_path / f"out_{name}"), "--model", str(tiny_model),
+                          "--progress", "none"], capsys)
+        assert code == 2, name
+        assert err.strip().splitlines()[-1] .startswith(f"error: {tmp_path / name}: ") and problem in err, err
+        assert "Traceback" not in err and not (tmp_path / f"out_{name}").exists()
+    code, err = _run([str(good), str(tmp_path / "o.nii.gz"), "--model", str(tiny_model), "--direction", "ct-to-mr"],
+                     capsys)
+    assert code == 2 and "direction 'ct-to-mr' is not one of" in err and str(tiny_model) in err
+    fake = tmp_path / "fake_model.pt"
+    torch.save({"weights": torch.zeros(3)}, fake)
+    code, err = _run([str(good), str(tmp_path / "o.nii.gz"), "--model", str(fake)], capsys)
+    assert code == 2 and f"error: {fake}: not a medsynth model" in err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00garbage")
+    code, err = _run([str(good), str(tmp_path / "o.nii.gz"), "--model", str(junk)], capsys)
+    assert code == 2 and f"error: {junk}: not a medsynth model" in err
+    code, err = _run([str(good), str(good), "--model", str(tiny_model), "--overwrite"], capsys)
+    assert code == 2 and "overwrite the input" in err
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, make_volume, tiny_model: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_volume(tmp_path, "in.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(b"keep me")
+    code, err = _run([str(src), str(out), "--model", str(tiny_model)], capsys)
+    assert code == 2 and "use --overwrite" in err and out.read_bytes() == b"keep me"
+    code, _ = _run([str(src), str(out), "--model", str(tiny_model), "--overwrite", "--progress", "none"], capsys)
+    assert code == 0 and nib.load(out).shape == nib.load(src).shape
+
+
+def test_folder_mode_converts_the_good_files_and_lists_failures(tmp_path: Path, make_volume, tiny_model: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    make_volume(tmp_path / "in", "a.nii.gz", seed=1)
+    make_volume(tmp_path / "in" / "sub", "b.nii.gz", seed=2)
+    nib.save(nib.Nifti1Image(np.zeros((6, 6, 6), np.float32), np.eye(4)), tmp_path / "in" / "c.nii.gz")
+    code = convert_main([str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(tiny_model), "--progress",
+                         "lines"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    assert "converted 2 of 3 files" in captured.err and "c.nii.gz: all voxels are zero" in captured.err
+    assert "PROGRESS 100" not in captured.out.splitlines()[:1] and "PROGRESS" in captured.out
+
+
+def test_progress_lines_end_with_done(tmp_path: Path, make_volume, tiny_model: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_volume(tmp_path, "in.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    assert convert_main([str(src), str(out), "--model", str(tiny_model), "--progress", "lines"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    percents = [int(l.split()[1]) for l in lines if l.startswith("PROGRESS")]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert lines[-1] == f"DONE {out}"
+
+
+def test_unknown_direction_in_the_api(tiny_model: Path) -> None:
+    translator = Translator.from_file(tiny_model, device="cpu")
+    with pytest.raises(InputError, match="direction"):
+        translator.translate(np.zeros(3), direction="t2-to-ct")
