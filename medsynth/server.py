@@ -4,9 +4,10 @@ A GPU box loads its models once and translates volumes sent by 3D Slicer, script
 
 - ``GET /health``: always open (no token needed); status, number of models, queue figures.
 - ``GET /models``: for each model its name, domains, directions, axes, accepted file suffixes and config summary.
-- ``POST /infer?model=NAME&direction=t1-to-t2&axis=axial&fuse=mean&dtype=float32`` with the volume in the multipart form field
-  ``file`` (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``): answers the translated volume in the same format with
-  the same geometry. ``model`` may be left out when one model is loaded; ``direction`` defaults to the model's.
+- ``POST /infer?model=NAME&direction=t1-to-t2&axis=axial&fuse=mean&dtype=float32`` with the volume in the
+  multipart form field ``file`` (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``): answers the translated volume in the
+  same format with the same geometry. ``model`` may be left out when one model is loaded; ``direction`` defaults
+  to the model's first.
 
 Model names: ``NAME=PATH`` on the command line (or the keys of a dict given to :func:`create_app`) name a model
 explicitly. Otherwise a model is named after its file's stem (``weights/brain_t1t2.pt`` -> ``brain_t1t2``), except
@@ -19,8 +20,8 @@ file name only selects one of the accepted suffixes), the size limit is enforced
 removed after the answer, whatever happened. Translations run one at a time per worker, in arrival order, from a
 bounded queue; when it is full the answer is 503 with ``Retry-After``.
 
-Only the standard library is imported at module level, so :func:`remote_translate` works in Slicer's Python
-without FastAPI, httpx or requests.
+FastAPI is optional at import time and the client half uses the standard library only, so :func:`remote_translate`
+works in Slicer's Python without FastAPI, httpx or requests.
 """
 
 from __future__ import annotations
@@ -156,12 +157,14 @@ class GpuQueue:
     ``workers + queue_size`` jobs are already pending, which the server answers with 503.
     """
 
-    def __init__(self, workers: int = 1, queue_size: int = 8) -> None:
+    def __init__(self, workers: int = 1, queue_size: int = 8, initializer: Callable[[], None] | None = None) -> None:
         if workers < 1 or queue_size < 0:
             raise ValueError("workers must be >= 1 and queue_size >= 0")
         self.workers = workers
         self.queue_size = queue_size
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medsynth-gpu")
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="medsynth-gpu", initializer=initializer
+        )
         self._lock = threading.Lock()
         self._pending = 0  # submitted, not finished (running + waiting)
         self._running = 0
@@ -196,6 +199,11 @@ class GpuQueue:
         future = self._pool.submit(job)
         future.add_done_callback(release)
         return future
+
+    def full(self) -> bool:
+        """True when a job submitted now would be refused."""
+        with self._lock:
+            return self._pending >= self.workers + self.queue_size
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the time to drain the current queue, at least 1."""
@@ -302,6 +310,7 @@ class _Upload:
         self.size += end - start
         if self.size > self.limit:
             raise self.too_large
+        # A plain write on the event loop: chunks are small (<= 64 KiB) and a local disk takes them at once.
         self._file.write(data[start:end])
 
     def _part_end(self) -> None:
@@ -327,7 +336,7 @@ async def _receive_upload(request: Any, folder: Path, limit: int) -> _Upload:
         raise _Reject(422, "expected a multipart/form-data body with the volume in the form field 'file'")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + _FORM_OVERHEAD:
-        # Refused before reading; uvicorn reads and discards the rest so the client still gets this answer.
+        # Refused before reading; _AccessLog drains the body so that the client still gets this answer.
         raise _too_large(limit)
     upload = _Upload(folder, limit)
     try:
@@ -374,7 +383,8 @@ def _translate_job(
             log.error("out of GPU memory translating %s (%s)", client_name, exc)
             raise _Reject(500, f"{client_name}: out of GPU memory on the server; send a smaller volume") from None
         log.exception("translation of %s failed", client_name)
-        raise _Reject(500, f"{client_name}: internal error while translating ({type(exc).__name__}); see the server log") from None
+        problem = f"internal error while translating ({type(exc).__name__}); see the server log"
+        raise _Reject(500, f"{client_name}: {problem}") from None
 
 
 def _scrub(message: str, in_path: Path, client_name: str) -> str:
@@ -391,6 +401,21 @@ def _empty_cuda_cache() -> None:
         pass
 
 
+def _thread_setup(threads: int | None) -> Callable[[], None] | None:
+    """Worker-thread initializer that sets torch's CPU thread count (OpenMP's is per calling thread)."""
+    if threads is None:
+        return None
+    if threads < 1:
+        raise ValueError("threads must be >= 1")
+
+    def setup() -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    return setup
+
+
 def _remove_later(folder: Path, future: Future | None) -> None:
     """Remove a request folder now, or when its still running job ends (never pull files from under it)."""
     if future is not None and not future.done():
@@ -400,7 +425,12 @@ def _remove_later(folder: Path, future: Future | None) -> None:
 
 
 class _AccessLog:
-    """ASGI middleware: one log line per request (method, path, status, bytes in/out, seconds)."""
+    """ASGI middleware: one log line per request (method, path, status, bytes in/out, seconds).
+
+    It also reads and discards the rest of a request body that the app answered without reading (401, 404, 413,
+    ...), up to ``_DRAIN_CAP`` bytes, before the answer goes out: a client that sends ``Connection: close`` (urllib
+    does) would otherwise see the connection reset under its unsent body instead of the answer.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -410,16 +440,23 @@ class _AccessLog:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        seen = {"in": 0, "out": 0, "status": 0, "length": 0}
+        seen = {"in": 0, "out": 0, "status": 0, "length": 0, "body_done": not _declares_body(scope)}
 
         async def counting_receive() -> dict:
             message = await receive()
             if message["type"] == "http.request":
                 seen["in"] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    seen["body_done"] = True
+            else:  # http.disconnect
+                seen["body_done"] = True
             return message
 
         async def counting_send(message: dict) -> None:
             if message["type"] == "http.response.start":
+                if not seen["body_done"] and _declared_length(scope) <= _DRAIN_CAP:
+                    while not seen["body_done"] and seen["in"] <= _DRAIN_CAP:
+                        await counting_receive()
                 seen["status"] = message["status"]
                 for key, value in message.get("headers", []):
                     if key.lower() == b"content-length" and value.isdigit():
@@ -444,6 +481,26 @@ class _AccessLog:
                 seen["out"],
                 time.perf_counter() - start,
             )
+
+
+_DRAIN_CAP = 64 << 20  # an unread body larger than this is not drained; its client may see a reset instead
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _declares_body(scope: dict) -> bool:
+    return _declared_length(scope) > 0 or _header(scope, b"transfer-encoding") is not None
+
+
+def _declared_length(scope: dict) -> int:
+    """The request's Content-Length (0 when absent: a chunked body is drained up to the cap)."""
+    value = _header(scope, b"content-length") or b""
+    return int(value) if value.isdigit() else 0
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -479,6 +536,7 @@ def create_app(
     workers: int = 1,
     tmp_dir: str | Path | None = None,
     batch_size: int | None = None,
+    threads: int | None = None,
 ) -> FastAPI:
     """Build the FastAPI app; models are loaded now and stay on the device for the app's lifetime.
 
@@ -493,6 +551,9 @@ def create_app(
         tmp_dir: where per-request folders go (created if missing, left in place); default a private folder
             removed at shutdown.
         batch_size: slices per forward pass (default: the Translator's, 8 on CPU and 64 on CUDA).
+        threads: CPU threads per translation (``torch.set_num_threads`` in each worker); default torch's. On a
+            CPU-only server keep it below the core count: a thread team that must share its cores with the
+            event loop (and other processes) waits for the scheduler at every layer.
 
     Returns:
         The app; ``app.state.gpu_queue`` (a :class:`GpuQueue`), ``app.state.translators`` and
@@ -516,7 +577,7 @@ def create_app(
     translators = {
         name: Translator.from_file(path, device=device, batch_size=batch_size) for name, path in named.items()
     }
-    gpu = GpuQueue(workers=workers, queue_size=queue_size)
+    gpu = GpuQueue(workers=workers, queue_size=queue_size, initializer=_thread_setup(threads))
     own_tmp = tmp_dir is None
     tmp_root = Path(tempfile.mkdtemp(prefix="medsynth-serve-")) if own_tmp else Path(tmp_dir)
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -536,7 +597,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
-        log.info("models: %s; device %s; queue %d; workers %d", ", ".join(translators), device, queue_size, workers)
+        devices = sorted({str(getattr(t, "device", device)) for t in translators.values()})
+        log.info(
+            "models: %s; device %s; queue %d; workers %d; threads %s",
+            ", ".join(translators), ", ".join(devices), queue_size, workers, threads or "default",
+        )
         yield
         gpu.shutdown()
         if own_tmp:
@@ -565,6 +630,10 @@ def create_app(
         if model not in translators:
             raise HTTPException(404, f"unknown model {model!r}; loaded: {', '.join(translators)}")
         return model, translators[model]
+
+    def busy() -> HTTPException:
+        wait = gpu.retry_after()
+        return HTTPException(503, f"server busy: queue full; retry in {wait} s", headers={"Retry-After": str(wait)})
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -602,9 +671,10 @@ def create_app(
         """Translate the volume in the form field ``file``; answers it in the same format and geometry."""
         name, translator = pick(model)
         if direction is not None and direction.lower() not in translator.directions:
-            raise HTTPException(
-                422, f"unknown direction {direction!r} for model {name!r}; use one of {', '.join(translator.directions)}"
-            )
+            choices = ", ".join(translator.directions)
+            raise HTTPException(422, f"unknown direction {direction!r} for model {name!r}; use one of {choices}")
+        if gpu.full():  # refuse before the upload; checked again below, since the queue may fill meanwhile
+            raise busy()
         folder = Path(tempfile.mkdtemp(prefix="req-", dir=tmp_root))
         future: Future | None = None
         try:
@@ -614,11 +684,13 @@ def create_app(
             options = {"direction": direction, "axis": axis, "fuse": fuse, "dtype": dtype}
             future = gpu.try_submit(_translate_job, translator, upload.path, out_path, options, upload.client_name)
             if future is None:
-                wait = gpu.retry_after()
-                raise _Reject(503, f"server busy: queue full; retry in {wait} s", {"Retry-After": str(wait)})
+                raise busy()
             await asyncio.wrap_future(future)
             stem = _safe_stem(upload.client_name, upload.suffix)
             response = TempFileResponse(out_path, folder, f"{stem}_translated{upload.suffix}")
+        except HTTPException:
+            _remove_later(folder, future)
+            raise
         except _Reject as exc:
             _remove_later(folder, future)
             raise HTTPException(exc.status, exc.detail, headers=exc.headers) from None
@@ -775,7 +847,7 @@ def remote_translate(
 # command line
 
 
-def _parse_model_args(values: Sequence[str] | None) -> dict[str, Path | None] | list[Path]:
+def _parse_model_args(values: Sequence[str] | None) -> dict[str, Path | None]:
     """``--model`` values: ``PATH`` or ``NAME=PATH``; checked here so a typo fails before anything loads."""
     if not values:
         return {}
@@ -834,13 +906,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the GPU (default 8)")
     parser.add_argument("--workers", type=int, default=1, help="translations run at once (default 1)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 8 on CPU, 64 on GPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads per translation (default: torch's, all cores)")
     parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise InputError(str(args.port), "port must be in 0..65535")
-    if args.max_upload_mb <= 0 or args.queue_size < 0 or args.workers < 1 or (args.batch_size or 1) < 1:
-        raise InputError("--max-upload-mb/--queue-size/--workers/--batch-size", "must be > 0, >= 0, >= 1, >= 1")
+    for option, value, low in (("--max-upload-mb", args.max_upload_mb, 1e-6), ("--queue-size", args.queue_size, 0),
+                               ("--workers", args.workers, 1), ("--batch-size", args.batch_size, 1),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < low:
+            raise InputError(f"{option} {value:g}", f"must be at least {low:g}")
     token = args.token
     if args.token_file is not None:
         try:
@@ -867,13 +943,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             tmp_dir=args.tmp_dir,
             batch_size=args.batch_size,
+            threads=args.threads,
         )
         host, port = sock.getsockname()[:2]
         if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
             log.warning("listening on %s without --token: anyone who can reach this port can use the GPU", args.host)
         log.info("medsynth-serve listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
         config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
-        uvicorn.Server(config).run(sockets=[sock])
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            # uvicorn has shut down gracefully and re-raises Ctrl-C; for a server that is the normal way to stop
+            log.info("stopped")
     finally:
         sock.close()
     return 0

@@ -158,7 +158,9 @@ class SliceDataset(torch.utils.data.Dataset):
             volume = domain.volumes[int(rng.integers(len(domain)))]
             transform.set_random_state(seed=int(s))
             x = transform({"image": volume})["image"]
-            out[name] = torch.as_tensor(x, dtype=torch.float32).contiguous()
+            # plain tensors: MONAI metadata would ride along into the image pools and the checkpoints
+            x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+            out[name] = x.to(torch.float32).contiguous()
         return out
 
 
@@ -177,14 +179,11 @@ class StepSampler(torch.utils.data.Sampler):
         return max(self.total - self.start, 0) * self.batch_size
 
 
-def fixed_samples(domain: DomainData, size: int, axis: str, count: int = 3) -> torch.Tensor:
-    """Middle slices of the first volumes, centred in ``size`` x ``size``: the same every time, so sample grids
-    show how the translation of one slice changes during training."""
-    from monai.transforms import ResizeWithPadOrCrop
-
+def fixed_slices(domain: DomainData, axis: str, count: int = 2) -> list[torch.Tensor]:
+    """Whole middle slices of the first volumes: the same every time, so sample grids show how the translation
+    of one slice changes during training."""
     from medsynth.config import AXIS_INDEX
 
-    resize = ResizeWithPadOrCrop((size, size), value=-1.0)
     axis_index = 2 if domain.is_2d else AXIS_INDEX[axis]
     out = []
     for volume in domain.volumes[:count]:
@@ -192,8 +191,25 @@ def fixed_samples(domain: DomainData, size: int, axis: str, count: int = 3) -> t
         coverage = (volume > -1).float().mean(dim=(0, *other))
         nonzero = torch.nonzero(coverage > 0).flatten()
         middle = int(nonzero[len(nonzero) // 2]) if len(nonzero) else volume.shape[axis_index + 1] // 2
-        out.append(torch.as_tensor(resize(volume.select(axis_index + 1, middle))))
-    return torch.stack(out)
+        out.append(volume.select(axis_index + 1, middle))
+    return out
+
+
+def fixed_samples(a: DomainData, b: DomainData, axis: str, stride: int, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fixed_slices` of both domains, padded with background to one common size that the generator
+    takes (a multiple of its stride); whole slices, not training crops, so a person sees the anatomy."""
+    from monai.transforms import ResizeWithPadOrCrop
+
+    slices_a, slices_b = fixed_slices(a, axis, count), fixed_slices(b, axis, count)
+    dims = [max(s.shape[i] for s in slices_a + slices_b) for i in (1, 2)]
+    size = [int(math.ceil(d / stride) * stride) for d in dims]
+    pad = ResizeWithPadOrCrop(size, value=-1.0)
+
+    def stack(slices: list[torch.Tensor]) -> torch.Tensor:
+        tiles = [pad(s) for s in slices]
+        return torch.stack([t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t) for t in tiles])
+
+    return stack(slices_a), stack(slices_b)
 
 
 def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
@@ -202,7 +218,7 @@ def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
 
     tiles = [[((t.detach().float().cpu().squeeze().clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for t in row]
              for row in rows]
-    h, w = tiles[0][0].shape
+    w, h = tiles[0][0].shape  # shown transposed below
     gap = 2
     n_cols = max(len(r) for r in tiles)
     canvas = np.full((len(tiles) * (h + gap) - gap, n_cols * (w + gap) - gap), 255, np.uint8)
@@ -322,8 +338,9 @@ class Trainer:
             sampler=StepSampler(start, config.total_steps, config.batch_size, self.dist),
             num_workers=config.workers, pin_memory=device.type == "cuda",
             persistent_workers=config.workers > 0, prefetch_factor=4 if config.workers > 0 else None)
-        samples = (fixed_samples(data_a, config.size, config.axis).to(device),
-                   fixed_samples(data_b, config.size, config.axis).to(device))
+        from medsynth.networks import generator_stride
+
+        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model)))
         writer = self._writer() if self.dist.main else None
         autocast = device.type == "cuda" and config.amp
         bar = self._bar(start, config.total_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -11,7 +12,10 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-torch.set_num_threads(2)
+# one thread: two threads fighting over two shared cores (or a test's subprocesses) run 10x slower, and
+# subprocesses inherit the variable
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def phantom(shape: tuple[int, int, int] = (20, 24, 16), seed: int = 0, contrast: str = "t1") -> np.ndarray:

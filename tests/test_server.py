@@ -23,7 +23,7 @@ import pytest
 import SimpleITK as sitk
 import uvicorn
 
-from conftest import head_phantom
+from medsynth.cli import convert_main
 from medsynth.errors import InputError
 from medsynth.inference import Translator
 from medsynth.server import create_app, main, model_name, remote_translate
@@ -64,6 +64,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 def assert_tmp_empty(root: Path) -> None:
     # the folder goes when the answer has been sent, which can be a moment after the client has read it
     wait_until(lambda: not any(root.iterdir()), timeout=5)
+
+
+def head_phantom(shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    """An ellipsoid with an off-centre bright blob and noise on a zero background; the seed moves the blob, so
+    every volume differs and a flip or an answer to another request shows in a comparison."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    head = sum((g / 0.8) ** 2 for g in grids) < 1
+    centre = rng.uniform(-0.4, 0.4, 3)
+    blob = sum((g - c) ** 2 for g, c in zip(grids, centre)) < 0.1
+    vol = head * (400.0 + 40 * grids[0]) + blob * rng.uniform(200, 500) + head * rng.normal(0, 15, shape)
+    return np.clip(vol, 0, None).astype(np.float32)
 
 
 def oblique_affine(spacing: tuple[float, float, float] = (0.9, 1.2, 2.5)) -> np.ndarray:
@@ -184,26 +196,23 @@ def test_oblique_nifti_round_trip_equals_convert(
     affine = oblique_affine()
     src = write_nifti(tmp_path / "oblique.nii.gz", head_phantom((18, 16, 10), seed=3), affine, 1, 2)
     params = {"direction": "t2-to-t1", "axis": "coronal"}
+    logged = r"POST /infer\?direction=t2-to-t1&axis=coronal 200 in=\d+B out=\d+B \d+\.\d+s"
     with caplog.at_level("INFO", logger="medsynth.server"):
         response = post(client, src, params)
+        # the line is written once the answer has gone out, which can be just after the client has it
+        wait_until(lambda: any(re.match(logged, r.getMessage()) for r in caplog.records), timeout=5)
     got = nib.load(str(save_response(response, tmp_path / "answer.nii.gz")))
     assert 'filename="oblique_translated.nii.gz"' in response.headers["content-disposition"]
     assert got.shape == (18, 16, 10)
     np.testing.assert_allclose(got.affine, affine, atol=1e-4)
     np.testing.assert_allclose(got.get_qform(), affine, atol=1e-4)
     assert int(got.header["qform_code"]) == 1 and int(got.header["sform_code"]) == 2
-    # the same bytes of result as the command line on the same file
+    # the same voxels as medsynth-convert on the same file (its main, run in-process)
     cli_out = tmp_path / "cli.nii.gz"
-    run = subprocess.run(
-        [sys.executable, "-m", "medsynth", "convert", str(src), str(cli_out), "--model", str(tiny_model),
-         "--device", "cpu", "--progress", "none", "--direction", "t2-to-t1", "--axis", "coronal"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )
-    assert run.returncode == 0, run.stderr
+    assert convert_main([str(src), str(cli_out), "--model", str(tiny_model), "--device", "cpu", "--progress",
+                         "none", "--direction", "t2-to-t1", "--axis", "coronal"]) == 0
     np.testing.assert_array_equal(np.asarray(got.dataobj), nifti_voxels(cli_out))
     assert not np.array_equal(np.asarray(got.dataobj), nib.load(str(src)).get_fdata())  # it did translate
-    lines = [r.getMessage() for r in caplog.records if r.name == "medsynth.server"]
-    assert any(re.match(r"POST /infer\?direction=t2-to-t1&axis=coronal 200 in=\d+B out=\d+B \d+\.\d+s", m) for m in lines)
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
@@ -236,29 +245,39 @@ def _garbage_gz() -> tuple[str, bytes]:
     return "noise.nii.gz", gzip.compress(os.urandom(3000))
 
 
-BAD_REQUESTS: dict[str, tuple[Callable[[httpx.Client, Path], httpx.Response], int, str]] = {
-    "text file": (lambda c, d: c.post("/infer", files={"file": ("notes.txt", b"hello")}), 400, "notes.txt: not a supported"),
-    "no suffix": (lambda c, d: c.post("/infer", files={"file": ("volume", b"hello")}), 400, "not a supported image"),
-    "random bytes .nii": (lambda c, d: c.post("/infer", files={"file": ("noise.nii", os.urandom(2000))}), 400, "noise.nii:"),
+def _upload(name: str, data: bytes) -> Callable[[httpx.Client, Path], httpx.Response]:
+    return lambda c, d: c.post("/infer", files={"file": (name, data)})
+
+
+def _good_volume(params: dict | None = None, **kwargs: Any) -> Callable[[httpx.Client, Path], httpx.Response]:
+    return lambda c, d: post(c, volume(d, "v.nii.gz"), params, **kwargs)
+
+
+CHUNKED = {"Content-Type": "multipart/form-data; boundary=b0undary"}
+Send = Callable[[httpx.Client, Path], httpx.Response]
+BAD_REQUESTS: dict[str, tuple[Send, int, str]] = {
+    "text file": (_upload("notes.txt", b"hello"), 400, "notes.txt: not a supported"),
+    "no suffix": (_upload("volume", b"hello"), 400, "not a supported image"),
+    "random bytes .nii": (_upload("noise.nii", os.urandom(2000)), 400, "noise.nii:"),
     "corrupt gz": (lambda c, d: c.post("/infer", files={"file": _truncated_gz(d)}), 400, "cut.nii.gz:"),
-    "gz of noise": (lambda c, d: c.post("/infer", files={"file": _garbage_gz()}), 400, "noise.nii.gz:"),
-    "garbage nrrd": (lambda c, d: c.post("/infer", files={"file": ("x.nrrd", b"NRRD0004\nsizes: a b\n\n")}), 400, "x.nrrd:"),
-    "empty file": (lambda c, d: c.post("/infer", files={"file": ("empty.nii", b"")}), 400, "empty file"),
-    "unknown model": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"model": "nope"}), 404, "unknown model 'nope'"),
-    "unknown direction": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"direction": "ct-to-mr"}), 422, "unknown direction"),
-    "unknown axis": (lambda c, d: post(c, volume(d, "v.nii.gz"), {"axis": "oblique"}), 422, "axial"),
-    "too large (declared)": (
-        lambda c, d: c.post("/infer", files={"file": ("big.nii", os.urandom(2_500_000))}), 413, "limit of 1 MB"),
+    "gz of noise": (_upload(*_garbage_gz()), 400, "noise.nii.gz:"),
+    "garbage nrrd": (_upload("x.nrrd", b"NRRD0004\nsizes: a b\n\n"), 400, "x.nrrd:"),
+    "empty file": (_upload("empty.nii", b""), 400, "empty file"),
+    "unknown model": (_good_volume({"model": "nope"}), 404, "unknown model 'nope'"),
+    "unknown direction": (_good_volume({"direction": "ct-to-mr"}), 422, "unknown direction"),
+    "unknown axis": (_good_volume({"axis": "oblique"}), 422, "axial"),
+    "too large (declared)": (_upload("big.nii", os.urandom(2_500_000)), 413, "limit of 1 MB"),
     "too large (streamed)": (
-        lambda c, d: c.post("/infer", content=_multipart_chunks("big.nii", os.urandom(1_500_000)),
-                            headers={"Content-Type": "multipart/form-data; boundary=b0undary"}), 413, "limit of 1 MB"),
+        lambda c, d: c.post("/infer", content=_multipart_chunks("big.nii", os.urandom(1_500_000)), headers=CHUNKED),
+        413, "limit of 1 MB"),
     "missing file field": (
-        lambda c, d: c.post("/infer", files={"other": ("v.nii", b"x")}, data={"a": "b"}), 422, "missing form field 'file'"),
+        lambda c, d: c.post("/infer", files={"other": ("v.nii", b"x")}, data={"a": "b"}), 422, "missing form field"),
     "no body": (lambda c, d: c.post("/infer"), 422, "multipart/form-data"),
-    "two files": (lambda c, d: c.post("/infer", files=[("file", ("a.nii", b"x")), ("file", ("b.nii", b"y"))]), 422, "one volume"),
-    "no token": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": ""}), 401, "bearer token"),
-    "wrong token": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": "Bearer guess"}), 401, "bearer token"),
-    "wrong scheme": (lambda c, d: post(c, volume(d, "v.nii.gz"), headers={"Authorization": f"Basic {TOKEN}"}), 401, "bearer token"),
+    "two files": (
+        lambda c, d: c.post("/infer", files=[("file", ("a.nii", b"x")), ("file", ("b.nii", b"y"))]), 422, "one volume"),
+    "no token": (_good_volume(headers={"Authorization": ""}), 401, "bearer token"),
+    "wrong token": (_good_volume(headers={"Authorization": "Bearer guess"}), 401, "bearer token"),
+    "wrong scheme": (_good_volume(headers={"Authorization": f"Basic {TOKEN}"}), 401, "bearer token"),
 }
 
 
@@ -274,6 +293,22 @@ def test_bad_request_then_normal_request(
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
     check_normal_request(client, translator, tmp_path)
+    assert_tmp_empty(tmp_root)
+
+
+@pytest.mark.parametrize("name", ["../../../escape.nii.gz", "/tmp/escape.nii.gz", 'es"cape\u00e9 1.nii.gz'])
+def test_client_file_name_is_never_a_path(
+    name: str, client: httpx.Client, translator: Translator, tmp_root: Path, tmp_path: Path
+) -> None:
+    src = volume(tmp_path, "v.nii.gz", seed=11)
+    response = client.post("/infer", files={"file": (name, src.read_bytes())})
+    got = save_response(response, tmp_path / "answer.nii.gz")
+    np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, src, tmp_path / "e")))
+    disposition = response.headers["content-disposition"]
+    pattern = r'attachment; filename="(escape|es[A-Za-z0-9_.-]*cape[A-Za-z0-9_.-]*)_translated\.nii\.gz"'
+    assert re.fullmatch(pattern, disposition), disposition
+    for folder in (tmp_root.parent, tmp_root.parent.parent, Path("/tmp")):
+        assert not list(folder.glob("escape*"))
     assert_tmp_empty(tmp_root)
 
 
@@ -320,10 +355,10 @@ def test_full_queue_answers_503_then_recovers(tiny_model: Path, translator: Tran
         finally:
             gate.set()
         blocker.result(timeout=30)
-        got = save_response(queued.result(timeout=60), tmp_path / "first_out.nii.gz")
-        np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, first, tmp_path / "e")))
-        got = save_response(post(client, third), tmp_path / "third_out.nii.gz")
-        np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(expected_output(translator, third, tmp_path / "e")))
+        for src, response in ((first, queued.result(timeout=60)), (third, post(client, third))):
+            got = save_response(response, tmp_path / f"out_{src.name}")
+            want = expected_output(translator, src, tmp_path / "e")
+            np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(want))
         assert_tmp_empty(root)
 
 
@@ -335,7 +370,8 @@ def test_no_token_two_models(tiny_model: Path, identity_model: Path, tmp_path: P
         ambiguous = post(client, src)
         assert ambiguous.status_code == 422 and "several models" in ambiguous.json()["detail"]
         got = save_response(post(client, src, {"model": "ident", "direction": "T1-to-T2"}), tmp_path / "o.nii.gz")
-    want = expected_output(Translator.from_file(identity_model, device="cpu"), src, tmp_path / "e", direction="t1-to-t2")
+    identity = Translator.from_file(identity_model, device="cpu")
+    want = expected_output(identity, src, tmp_path / "e", direction="t1-to-t2")
     np.testing.assert_array_equal(nifti_voxels(got), nifti_voxels(want))
 
 
@@ -353,6 +389,14 @@ def test_remote_translate(server: tuple[str, Any], translator: Translator, tmp_p
         remote_translate(url, src, tmp_path / "a.nrrd", model="nope", token=TOKEN)
     with pytest.raises(InputError, match="axis: Input should be"):
         remote_translate(url, src, tmp_path / "a.nrrd", axis="diagonal", token=TOKEN)
+    # urllib sends "Connection: close": the server must read the unread body before answering, or the client
+    # sees a reset instead of the answer
+    big = tmp_path / "big.nii"
+    big.write_bytes(os.urandom(3_000_000))
+    with pytest.raises(InputError, match="server answered 413: upload larger than the server's limit of 1 MB"):
+        remote_translate(url, big, tmp_path / "a.nii", token=TOKEN)
+    with pytest.raises(InputError, match="server answered 401"):
+        remote_translate(url, big, tmp_path / "a.nii")
     with pytest.raises(InputError, match="must end in .nrrd"):
         remote_translate(url, src, tmp_path / "a.nii.gz", token=TOKEN)
     assert not (tmp_path / "a.nrrd").exists()
@@ -383,7 +427,7 @@ def test_command_line_server(tiny_model: Path, tmp_path: Path) -> None:
     src = volume(tmp_path, "v.nii.gz", seed=2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "medsynth", "serve", "--model", f"brain={tiny_model}", "--port", "0",
-         "--token-file", str(token_file), "--device", "cpu"],
+         "--token-file", str(token_file), "--device", "cpu", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
     )
     log: list[str] = []
