@@ -138,9 +138,16 @@ class SliceDataset(torch.utils.data.Dataset):
     def __init__(self, a: DomainData, b: DomainData, config: TrainConfig) -> None:
         from medsynth.transforms import train_slice_transform
 
+        from medsynth.config import AXIS_INDEX
+        from medsynth.transforms import slice_coverage
+
         self.a, self.b, self.seed = a, b, config.seed
         axis_a = "axial" if a.is_2d else config.axis
         axis_b = "axial" if b.is_2d else config.axis
+        self.coverage = {
+            "a": [slice_coverage(v, AXIS_INDEX[axis_a]) for v in a.volumes],
+            "b": [slice_coverage(v, AXIS_INDEX[axis_b]) for v in b.volumes],
+        }
         self.transform_a = train_slice_transform("image", config.size, axis_a, config.min_foreground,
                                                  config.augment, config.flip)
         self.transform_b = train_slice_transform("image", config.size, axis_b, config.min_foreground,
@@ -155,9 +162,9 @@ class SliceDataset(torch.utils.data.Dataset):
         out = {}
         for name, domain, transform, s in (("a", self.a, self.transform_a, seeds[0]),
                                            ("b", self.b, self.transform_b, seeds[1])):
-            volume = domain.volumes[int(rng.integers(len(domain)))]
+            index = int(rng.integers(len(domain)))
             transform.set_random_state(seed=int(s))
-            x = transform({"image": volume})["image"]
+            x = transform({"image": domain.volumes[index], "image_coverage": self.coverage[name][index]})["image"]
             # plain tensors: MONAI metadata would ride along into the image pools and the checkpoints
             x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
             out[name] = x.to(torch.float32).contiguous()

@@ -191,11 +191,19 @@ def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhan
     return Compose(chain)
 
 
+def slice_coverage(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """Fraction of foreground (above -1 after normalisation) in each slice of a (C, X, Y, Z) volume along
+    ``axis`` (0, 1, 2 for x, y, z)."""
+    other = tuple(i + 1 for i in range(3) if i != axis)
+    return (x > -1).float().mean(dim=(0, *other))
+
+
 class RandSliced(Randomizable, MapTransform):
     """Dictionary transform: take one random 2D slice along ``axis`` from a (C, X, Y, Z) volume.
 
     Slices whose foreground (values above -1 after normalisation) covers less than ``min_foreground`` of the
-    volume's best slice are skipped, so training sees anatomy, not empty background.
+    volume's best slice are skipped, so training sees anatomy, not empty background. The per-slice coverage may
+    be given under ``"<key>_coverage"`` (see :func:`slice_coverage`).
     """
 
     def __init__(self, keys: KeysCollection, axis: str = "axial", min_foreground: float = 0.1) -> None:
@@ -210,8 +218,10 @@ class RandSliced(Randomizable, MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key]
-            other = tuple(i + 1 for i in range(3) if i != self.axis)
-            coverage = (x > -1).float().mean(dim=(0, *other))
+            # training passes the coverage computed once per volume; recomputing it costs a pass over the volume
+            coverage = d.pop(f"{key}_coverage", None)
+            if coverage is None:
+                coverage = slice_coverage(x, self.axis)
             ok = torch.nonzero(coverage >= self.min_foreground * float(coverage.max())).flatten()
             index = int(ok[self.R.randint(len(ok))]) if len(ok) else int(coverage.argmax())
             d[key] = x.select(self.axis + 1, index)

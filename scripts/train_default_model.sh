@@ -3,6 +3,8 @@
 # holding out BraTS-GLI-00001-000 for validation, then packages it (fp16) into medsynth/models/.
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --device cuda --steps N]
 set -euo pipefail
+# one thread per process: two threads on two busy cores run many times slower
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 run=${1:?usage: $0 RUN_DIR [options]}; shift
 data=${MEDSYNTH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}/brain_t1t2
 medsynth-train \
@@ -10,6 +12,6 @@ medsynth-train \
   --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" \
   --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz" \
   --out "$run" --generator resnet6 --ngf 16 --ndf 16 --size 96 --batch-size 2 \
-  --lambda-identity 0 --steps 1200 --decay-steps 600 \
-  --sample-every 200 --checkpoint-every 200 --val-every 600 --log-every 20 "$@"
+  --lambda-identity 0 --steps 2400 --decay-steps 1600 \
+  --sample-every 400 --checkpoint-every 200 --val-every 800 --log-every 20 "$@"
 python "$(dirname "$0")/package_model.py" "$run/model_best.pt" --fallback "$run/model.pt"

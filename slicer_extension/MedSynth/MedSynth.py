@@ -222,8 +222,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRemoteToggled(self, checked: bool) -> None:
         self.updateButtons()
-        if not checked or self.ui.serverUrlLineEdit.text.strip():
-            self.updateDirections()
+        self.updateDirections()
 
     def onServerChanged(self) -> None:
         if self.ui.remoteCheckBox.checked:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from MedSynthLib.geometry import matrix_to_numpy, numpy_to_vtk_matrix
+from MedSynthLib.geometry import matrix_to_numpy
 from MedSynthLib.process import (
     AXES,
     DEVICES,
@@ -155,7 +155,7 @@ def copy_geometry(source: Any, target: Any, tolerance: float = 1e-3) -> None:
     """Give ``target`` the exact IJK-to-RAS matrix and parent transform of ``source``.
 
     The file round trip keeps the geometry only to single precision (NIfTI) or to printed decimals
-    (NRRD); copying restores it bit for bit. A file whose geometry differs by more than ``tolerance`` (mm,
+    (NRRD); copying restores it to double precision (MRML ignores changes below about 1e-15). A file whose geometry differs by more than ``tolerance`` (mm,
     or direction cosines) means the voxels are in another order, so copying would mislabel them: that
     raises instead.
     """
@@ -171,7 +171,15 @@ def copy_geometry(source: Any, target: Any, tolerance: float = 1e-3) -> None:
             f"(IJK-to-RAS\n{np.array2string(target_matrix, precision=4)}\ninstead of\n"
             f"{np.array2string(source_matrix, precision=4)})"
         )
-    target.SetIJKToRASMatrix(numpy_to_vtk_matrix(source_matrix))
+    # Spacing, origin and directions are what a volume node stores: copy them rather than the composed matrix,
+    # which the node would decompose again.
+    import vtk
+
+    directions = vtk.vtkMatrix4x4()
+    source.GetIJKToRASDirectionMatrix(directions)
+    target.SetIJKToRASDirectionMatrix(directions)
+    target.SetSpacing(source.GetSpacing())
+    target.SetOrigin(source.GetOrigin())
     target.SetAndObserveTransformNodeID(source.GetTransformNodeID())
 
 
@@ -390,7 +398,7 @@ class ConversionJob:
                 node.CreateDefaultDisplayNodes()
             self.output_node = node
             self.state = "finished"
-            if self.on_progress is not None:
+            if self.on_progress is not None and self.runner.progress < 100:
                 self.on_progress(100)
             return node
         except BaseException:

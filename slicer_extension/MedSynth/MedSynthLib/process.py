@@ -170,7 +170,7 @@ class ProcessRunner:
         if self.process is not None:
             raise RuntimeError("this runner was already started")
         kwargs: dict = {}
-        if os.name == "nt":
+        if sys.platform == "win32":
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True
@@ -305,7 +305,7 @@ class ProcessRunner:
         if self.process is None:
             return
         self.cancelled = True
-        if os.name == "nt":
+        if sys.platform == "win32":
             subprocess.run(
                 ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
                 stdout=subprocess.DEVNULL,

@@ -1,0 +1,52 @@
+"""Generators and the PatchGAN discriminator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsynth.config import ModelConfig
+from medsynth.networks import (ResnetGenerator, build_discriminator, build_generator, generator_stride,
+                               init_weights)
+
+
+@pytest.mark.parametrize("generator, blocks", [("resnet9", 9), ("resnet6", 6)])
+def test_resnet_generators(generator: str, blocks: int) -> None:
+    net = build_generator(ModelConfig(generator=generator, ngf=4))
+    assert sum(type(m).__name__ == "ResnetBlock" for m in net.modules()) == blocks
+    out = net(torch.randn(2, 1, 36, 28))
+    assert out.shape == (2, 1, 36, 28) and out.abs().max() <= 1
+    assert generator_stride(ModelConfig(generator=generator)) == 4
+
+
+def test_unet_generator_needs_multiples_of_16() -> None:
+    net = build_generator(ModelConfig(generator="unet", ngf=4))
+    out = net(torch.randn(1, 1, 32, 48))
+    assert out.shape == (1, 1, 32, 48) and out.abs().max() <= 1
+    assert generator_stride(ModelConfig(generator="unet")) == 16
+
+
+def test_patchgan_is_the_70x70_discriminator() -> None:
+    disc = build_discriminator(ModelConfig(ndf=8))
+    logits = disc(torch.randn(1, 1, 256, 256))[-1]
+    assert logits.shape == (1, 1, 30, 30)
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in disc.modules())
+    # one output pixel sees 70x70 input pixels; instance norm mixes the whole image, so measure the receptive
+    # field on the same layers with batch norm in eval mode (a per-channel affine map)
+    local = build_discriminator(ModelConfig(ndf=8, norm="batch")).eval()
+    x = torch.zeros(1, 1, 256, 256, requires_grad=True)
+    local(x)[-1][0, 0, 15, 15].backward()
+    rows = torch.nonzero(x.grad[0, 0].abs().sum(1)).flatten()
+    assert int(rows.max() - rows.min()) + 1 == 70
+
+
+def test_init_weights_is_normal_0_002() -> None:
+    net = ResnetGenerator(ngf=16, n_blocks=2)
+    init_weights(net, 0.02)
+    weights = torch.cat([m.weight.detach().flatten() for m in net.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert abs(float(weights.mean())) < 2e-3 and float(weights.std()) == pytest.approx(0.02, rel=0.05)
+
+
+def test_unknown_generator() -> None:
+    with pytest.raises(ValueError, match="unknown generator"):
+        build_generator(ModelConfig(generator="vit"))
