@@ -31,8 +31,8 @@ setup(
     ],
     extras_require={
         "server": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
-        "slicer-test": ["slicer-core>=5.8"],
-        "dev": ["pytest>=7", "pytest-timeout>=2", "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27",
+        "slicer-test": ["slicer-core>=5.13"],
+        "dev": ["pytest>=7", "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27",
                 "python-multipart>=0.0.9"],
     },
     entry_points={
