@@ -56,7 +56,8 @@ def train_parser() -> "argparse.ArgumentParser":
     g.add_argument("--b", nargs="+", metavar="SRC", help="second domain")
     g.add_argument("--names", default=None, help="domain names for --a/--b, e.g. mr,ct (default t1,t2)")
     g.add_argument("--out", required=True, help="run folder (checkpoints, samples, tensorboard, model.pt)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its inputs and options are kept)")
     g.add_argument("--axis", choices=AXES, default=d.axis, help="slicing axis (after reorientation to RAS)")
     g.add_argument("--size", type=int, default=d.size, help="slices are padded or cropped (never resized) to this")
     g.add_argument("--min-foreground", type=float, default=d.min_foreground,
@@ -114,11 +115,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     if generic and (args.t1 or args.t2):
         raise InputError("--a/--b", "use either --t1/--t2 or --a/--b with --names, not both")
     a, b = (args.a, args.b) if generic else (args.t1, args.t2)
-    if not a or not b:
+    if (not a or not b) and not args.resume:
         raise InputError("--t1/--t2" if not generic else "--a/--b", "both domains are needed")
     names = _domain_names(args.names) if args.names else ("t1", "t2")
     config = TrainConfig(
-        a=list(a), b=list(b), names=names, out=args.out,
+        a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
                           norm=args.norm, dropout=args.dropout),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
@@ -135,9 +136,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         unknown = [s for s in config.enhance if s not in STEPS]
         if unknown:
             raise InputError("--enhance", f"unknown steps {', '.join(unknown)}: use {', '.join(STEPS)}")
-    from medsynth.training import train
+    from medsynth.training import Interrupted, train
 
-    model = train(config, resume=args.resume, progress=not args.quiet)
+    try:
+        model = train(config, resume=args.resume, progress=not args.quiet)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
     print(f"model written to {model}")
     return 0
 

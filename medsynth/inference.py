@@ -269,7 +269,8 @@ class Translator:
             y = torch.stack(outputs).median(0).values
         del outputs
         target = IntensityStats.from_dict(self.stats[dst])
-        y = denormalise(y, target, foreground)
+        # on a GPU the fusion and intensity mapping stay there; only the result comes back
+        y = denormalise(y, target, foreground.to(y.device)).cpu()
         restored = orientation.inverse(MetaTensor(y, meta=ras.meta, applied_operations=ras.applied_operations))
         return restored.as_tensor()[0].numpy().astype(np.float32)
 
@@ -295,7 +296,7 @@ class Translator:
 
         source = x[None].to(self.device) if on_cuda else x[None]
         y = inferer(source, run)
-        return torch.as_tensor(y)[0].to("cpu")
+        return torch.as_tensor(y)[0]
 
     def translate_files(self, inputs: Sequence[Path], output_dir: str | Path, direction: str | None = None,
                         axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,

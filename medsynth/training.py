@@ -239,6 +239,15 @@ def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
     os.replace(tmp, path)
 
 
+class Interrupted(Exception):
+    """Training stopped on request after writing a checkpoint."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
+        self.run_dir, self.step = run_dir, step
+        super().__init__(f"stopped at step {step}; checkpoint written; continue with: "
+                         f"medsynth-train --out {run_dir} --resume")
+
+
 class Trainer:
     """Runs :class:`~medsynth.config.TrainConfig` to a ``model.pt``.
 
@@ -254,6 +263,7 @@ class Trainer:
         self.progress = progress
         self.dist = Distributed.from_env()
         self.run_dir = Path(config.out)
+        self._stop: Any = None
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> TrainConfig:
@@ -354,6 +364,7 @@ class Trainer:
         step = start
         running: dict[str, torch.Tensor] = {}
         tic = time.perf_counter()
+        self._catch_interrupt()
         for batch in loader:
             real_a = batch["a"].to(device, non_blocking=True)
             real_b = batch["b"].to(device, non_blocking=True)
@@ -387,10 +398,17 @@ class Trainer:
                 self._write_samples(model, samples, step)
             if config.val_a and step % config.val_every == 0 and step != config.total_steps:
                 history = self._validate_round(model, val_pairs, step, history, writer, device)
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            stopping = self._should_stop(step, device)
+            if step % config.checkpoint_every == 0 or step == config.total_steps or stopping:
                 self._save_checkpoint(model, opt_g, opt_d, schedulers, step, history)
+            if stopping:
+                break
         if bar is not None:
             bar.close()
+        if self._stop.is_set() and step < config.total_steps:
+            if writer is not None:
+                writer.close()
+            raise Interrupted(self.run_dir, step)
         if config.val_a:
             history = self._validate_round(model, val_pairs, step, history, writer, device)
         model_path = self.run_dir / "model.pt"
@@ -401,6 +419,37 @@ class Trainer:
         if self.dist.world > 1:
             torch.distributed.barrier()
         return model_path
+
+    def _catch_interrupt(self) -> None:
+        """Ctrl-C (SIGINT) or SIGTERM finish the step in flight, write a checkpoint and stop, so that
+        ``--resume`` continues exactly there; a second Ctrl-C stops at once."""
+        import signal
+        import threading
+
+        self._stop = threading.Event()
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop.is_set():
+                raise KeyboardInterrupt
+            self._stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    def _should_stop(self, step: int, device: torch.device) -> bool:
+        """Whether to stop after this step; under torchrun all ranks agree, at logging steps only (one small
+        all-reduce every ``log_every`` steps rather than a sync in every step)."""
+        if self.dist.world == 1:
+            return self._stop.is_set()
+        if step % self.config.log_every:
+            return False
+        flag = torch.tensor([float(self._stop.is_set())], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            self._stop.set()
+        return self._stop.is_set()
 
     def _bar(self, start: int, total: int) -> Any:
         if not (self.progress and self.dist.main):

@@ -178,3 +178,32 @@ def test_tiny_run_on_real_data(tmp_path: Path, shared_data: Path) -> None:
     stats = torch.load(run / "model.pt", weights_only=True)["stats"]
     # real intensities: the T2's upper percentile is far above the T1's, and both have a zero background
     assert stats["t2"]["hi"] > stats["t1"]["hi"] and stats["t1"]["background"] == 0.0
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path: Path, domains: tuple[Path, Path]) -> None:
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medsynth", "train", "--t1", str(domains[0]), "--t2", str(domains[1]), "--out",
+           str(run), *TINY, "--steps", "100000", "--decay-steps", "0", "--sample-every", "1",
+           "--checkpoint-every", "100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list((run / "samples").glob("step_0000002.png")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint written; continue with" in err and "Traceback" not in err
+    step = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"]
+    assert step >= 2 and not (run / "model.pt").exists()
+    # resume needs no inputs again; shorten nothing: the saved schedule is kept, so stop it the same way
+    proc = subprocess.Popen([sys.executable, "-m", "medsynth", "train", "--out", str(run), "--resume", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not list((run / "samples").glob(f"step_{step + 2:07d}.png")) and time.monotonic() < deadline + 60:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"] >= step + 2

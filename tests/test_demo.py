@@ -1,0 +1,60 @@
+"""The packaged default model, the packaged sample and the one-command demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from medsynth.cli import demo_main
+from medsynth.demo import SAMPLE_T1, SAMPLE_T2
+from medsynth.evaluation import baseline_translate, masked_metrics
+from medsynth.inference import DEFAULT_MODEL, Translator
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert demo_main([str(out), "--device", "cpu"]) == 0
+    return out
+
+
+def test_packaged_model_loads_weights_only_and_is_small() -> None:
+    assert DEFAULT_MODEL.stat().st_size < 30 * 2**20
+    payload = torch.load(DEFAULT_MODEL, weights_only=True)
+    assert payload["format"] == "medsynth-model" and payload["domains"] == ["t1", "t2"]
+    translator = Translator.from_file(None, device="cpu")
+    assert translator.directions == ["t1-to-t2", "t2-to-t1"]
+    assert SAMPLE_T1.stat().st_size <= 3 * 10**6
+
+
+def test_demo_writes_the_volume_with_the_inputs_geometry_and_a_preview(demo_dir: Path) -> None:
+    out = nib.load(demo_dir / "sample_t1_to_t2.nii.gz")
+    src = nib.load(SAMPLE_T1)
+    assert out.shape == src.shape
+    np.testing.assert_array_equal(out.affine, src.affine)
+    for form in ("qform", "sform"):
+        assert int(getattr(out.header, f"get_{form}")(coded=True)[1]) == int(getattr(src.header, f"get_{form}")(coded=True)[1])
+    assert (demo_dir / "sample_t1.nii.gz").read_bytes() == SAMPLE_T1.read_bytes()
+    preview = np.asarray(PILImage.open(demo_dir / "preview.png").convert("L"))
+    assert preview.shape[0] > 300 and preview.shape[1] > 500 and preview.std() > 10
+
+
+def test_default_model_beats_the_classical_baseline_on_the_unseen_sample(demo_dir: Path) -> None:
+    t1 = nib.load(SAMPLE_T1).get_fdata(dtype=np.float32)
+    t2 = nib.load(SAMPLE_T2).get_fdata(dtype=np.float32)
+    pred = nib.load(demo_dir / "sample_t1_to_t2.nii.gz").get_fdata(dtype=np.float32)
+    mask = (t1 > 0) & (t2 > 0)
+    model = masked_metrics(pred, t2, mask)
+    baseline = masked_metrics(baseline_translate(t1, t2, mask), t2, mask)
+    assert model["psnr"] > baseline["psnr"], (model, baseline)
+    assert model["mae"] < baseline["mae"], (model, baseline)
+
+
+def test_demo_refuses_to_overwrite(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo_main([str(demo_dir), "--device", "cpu"]) == 2
+    assert "use --overwrite" in capsys.readouterr().err
