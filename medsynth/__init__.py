@@ -24,7 +24,6 @@ _EXPORTS = {
     "save_like": "medsynth.io",
     "evaluate": "medsynth.evaluation",
     "masked_metrics": "medsynth.evaluation",
-    "enhance": "medsynth.enhance",
     "run_demo": "medsynth.demo",
 }
 

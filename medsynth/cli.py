@@ -193,8 +193,18 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
             raise InputError(out_dir, "several inputs need an output folder, and this is a file")
     from medsynth.inference import Translator
 
-    translator = Translator.from_file(args.model, device=args.device, batch_size=args.batch_size,
-                                      compile=args.compile)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise InputError("--batch-size", f"{args.batch_size} must be at least 1")
+    device = args.device
+    if device == "cuda" or (device == "auto" and dist_world > 1):
+        # under torchrun each rank takes its own GPU
+        import os
+
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
+    translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile)
     translator._resolve_direction(args.direction)
     reporter = _Reporter(args.progress, len(inputs))
     if single:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,10 @@ class TrainConfig:
     val_every: int = 2000
     val_axis: str = "axial"
 
+    def __post_init__(self) -> None:
+        # directions are looked up in lower case ("t1-to-t2"), so domain names are stored that way
+        self.names = tuple(str(n).strip().lower() for n in self.names)  # type: ignore[assignment]
+
     @property
     def total_steps(self) -> int:
         """Iterations in the whole run."""
@@ -101,8 +106,11 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        """Write as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write as indented JSON, atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

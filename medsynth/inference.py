@@ -309,8 +309,7 @@ class Translator:
         """
         failures: list[tuple[Path, str]] = []
         output_dir = Path(output_dir)
-        for path in inputs:
-            out = output_dir / Path(path).name
+        for path, out in zip(inputs, output_paths(inputs, output_dir)):
             try:
                 self.translate_file(path, out, direction, axis, fuse, dtype, overwrite, progress)
             except InputError as exc:
@@ -321,6 +320,16 @@ class Translator:
             if on_done:
                 on_done(Path(path), out, None)
         return failures
+
+
+def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:
+    """Where each input's translation goes: its path relative to the inputs' common folder, under
+    ``output_dir`` (``case1/t1.nii.gz`` and ``case2/t1.nii.gz`` stay apart)."""
+    inputs = [Path(p).absolute() for p in inputs]
+    if not inputs:
+        return []
+    root = Path(os.path.commonpath([p.parent for p in inputs]))
+    return [Path(output_dir) / p.relative_to(root) for p in inputs]
 
 
 class _Counter:

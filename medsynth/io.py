@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
-import uuid
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -23,6 +24,7 @@ from medsynth.image2d import natural_sort_key as natural_key
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+WRITABLE = VOLUME_SUFFIXES + IMAGE2D_SUFFIXES
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -255,11 +257,6 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 160 else text[:157] + "..."
 
 
-def _temporary_sibling(path: Path) -> Path:
-    # the temporary file keeps the real suffix because the writers choose the format (and compression) by it
-    return path.with_name(f".{stem_of(path)}.partial-{uuid.uuid4().hex[:8]}{suffix_of(path)}")
-
-
 def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
     """Refuse an output that would overwrite an input, or an existing file without ``overwrite``."""
     path = Path(path)
@@ -272,6 +269,8 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite:
         raise InputError(path, "the output exists; use --overwrite to replace it")
     if path.is_dir():
         raise InputError(path, "the output is a folder; give a file name")
+    if suffix_of(path) not in WRITABLE and Path(path).suffix:
+        raise InputError(path, f"cannot write this format (use one of {', '.join(WRITABLE)})")
     return path
 
 
@@ -301,9 +300,12 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
         array = np.clip(np.rint(array), info.min, info.max)
     if not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
+    suffix = suffix_of(path)
+    # everything is written into a hidden folder beside the output under its final name (a header with its
+    # data file, .mhd/.raw or .nhdr/.raw, must name the data file it will have), then renamed into place
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    tmp = staging / path.name
     try:
-        suffix = suffix_of(path)
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(ref, array, target, tmp)
         elif suffix in ITK_SUFFIXES:
@@ -311,13 +313,12 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
         elif suffix in IMAGE2D_SUFFIXES or (not suffix and ref.format == "image2d"):
             _write_image2d(ref, array, tmp)
         else:
-            raise InputError(path, f"cannot write this format (use one of {', '.join(VOLUME_SUFFIXES + IMAGE2D_SUFFIXES)})")
-        os.replace(tmp, path)
+            raise InputError(path, f"cannot write this format (use one of {', '.join(WRITABLE)})")
+        # data files first, the header (the file people open) last
+        for part in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(part, path.parent / part.name)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-        if suffix_of(tmp) == ".mhd":
-            tmp.with_suffix(".raw").unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 

@@ -109,6 +109,11 @@ class DomainData:
                 continue
             transform = prepare_transform("image", expect=expect, enhance=enhance)
             data = [{"image": i["image"]} for i in group]
+            if cache_dir:
+                # PersistentDataset hashes the item: a changed file or enhancement must not reuse old volumes
+                for item in data:
+                    info = Path(item["image"]).stat()
+                    item["_key"] = f"{info.st_size}-{info.st_mtime_ns}-{','.join(enhance)}"
             try:
                 if cache_dir:
                     ds = PersistentDataset(data, transform, cache_dir=cache_dir)
@@ -271,7 +276,10 @@ class Trainer:
         if self.resume:
             if not latest.exists():
                 raise InputError(self.run_dir, "nothing to resume: no checkpoints/latest.pt in this run folder")
-            saved = TrainConfig.load(self.run_dir / "config.json")
+            try:
+                saved = TrainConfig.load(self.run_dir / "config.json")
+            except (OSError, ValueError, TypeError) as exc:
+                raise InputError(self.run_dir / "config.json", f"cannot read the run's configuration ({type(exc).__name__})") from None
             # what may change on resume: where and how fast it runs, not what it learns
             for key in ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                         "val_every", "compile", "cache_dir"):
@@ -290,8 +298,16 @@ class Trainer:
         stride = generator_stride(config.model)
         if config.size % stride:
             raise InputError("--size", f"{config.size} must be a multiple of {stride} for the {config.model.generator} generator")
-        if config.batch_size < 1 or config.steps < 0 or config.decay_steps < 0 or config.total_steps < 1:
-            raise InputError("--steps", "batch size and step counts must be positive")
+        if config.batch_size < 1:
+            raise InputError("--batch-size", f"{config.batch_size} must be at least 1")
+        if config.steps < 0 or config.decay_steps < 0 or config.total_steps < 1:
+            raise InputError("--steps", "step counts must not be negative, and at least one step is needed")
+        for option in ("log_every", "sample_every", "checkpoint_every", "val_every", "keep_checkpoints"):
+            if getattr(config, option) < 1:
+                raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must be at least 1")
+        for option in ("workers", "pool_size"):
+            if getattr(config, option) < 0:
+                raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must not be negative")
         if len(config.names) != 2 or config.names[0] == config.names[1] or not all(config.names):
             raise InputError("--names", f"{','.join(config.names)}: give two different domain names, e.g. t1,t2")
 
@@ -307,6 +323,12 @@ class Trainer:
     # ---- the run ------------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Train and return the path of ``model.pt``."""
+        try:
+            return self._run()
+        finally:
+            self._release_interrupt()
+
+    def _run(self) -> Path:
         from medsynth.cyclegan import CycleGAN
 
         config = self._check_run_dir()
@@ -315,6 +337,11 @@ class Trainer:
         files_a = find_inputs(config.a, "--a")
         files_b = find_inputs(config.b, "--b")
         val_pairs = self._validation_pairs(config)
+        # the run keeps the files themselves, so a resume elsewhere, or after a folder gained files, is the same run
+        config.a = [str(p.absolute()) for p in files_a]
+        config.b = [str(p.absolute()) for p in files_b]
+        config.val_a = [str(p.absolute()) for p, _ in val_pairs]
+        config.val_b = [str(p.absolute()) for _, p in val_pairs]
         device = self._init_distributed()
         data_a = DomainData(files_a, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
         data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
@@ -435,8 +462,14 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, handler)
+        self._previous_handlers = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _release_interrupt(self) -> None:
+        import signal
+
+        for sig, previous in getattr(self, "_previous_handlers", {}).items():
+            signal.signal(sig, previous)
+        self._previous_handlers = {}
 
     def _should_stop(self, step: int, device: torch.device) -> bool:
         """Whether to stop after this step; under torchrun all ranks agree, at logging steps only (one small
@@ -545,7 +578,14 @@ class Trainer:
 
         a = find_files(config.val_a, what="any")
         b = find_files(config.val_b, what="any")
-        return [(p.pred, p.ref) for p in pair_cases(a, b)]
+        from medsynth.io import load_image
+
+        pairs = [(p.pred, p.ref) for p in pair_cases(a, b)]
+        for src, ref in pairs:
+            shape_a, shape_b = load_image(src).array.shape, load_image(ref).array.shape
+            if shape_a != shape_b:
+                raise InputError(ref, f"shape {shape_b} differs from its validation partner {src} {shape_a}")
+        return pairs
 
     def _validate_round(self, model: Any, pairs: list[tuple[Path, Path]], step: int,
                         history: list[dict[str, Any]], writer: Any, device: torch.device) -> list[dict[str, Any]]:
@@ -555,7 +595,8 @@ class Trainer:
         from medsynth.inference import Translator
         from medsynth.io import load_image
 
-        translator = Translator.from_networks(model.g_ab, model.g_ba, self.config, self.stats, device=device)
+        translator = Translator.from_networks(model.g_ab, model.g_ba, self.config, self.stats, device=device,
+                                              channels_last=self.config.channels_last)
         model.eval()
         scores = []
         for src, ref in pairs:
@@ -571,7 +612,9 @@ class Trainer:
         if writer is not None:
             for k, v in mean.items():
                 writer.add_scalar(f"val/{k}", v, step)
-        (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=2) + "\n")
+        tmp = self.run_dir / ".metrics.json.partial"
+        tmp.write_text(json.dumps(history, indent=2) + "\n")
+        os.replace(tmp, self.run_dir / "metrics.json")
         best = max(history, key=lambda e: e.get("psnr", -math.inf))
         if best is entry:
             self._export(model, self.run_dir / "model_best.pt", step, history)

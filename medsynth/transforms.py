@@ -237,8 +237,9 @@ def train_slice_transform(keys: KeysCollection, size: int, axis: str = "axial", 
         SpatialPadd(keys, spatial_size=(size, size), value=-1.0),
         RandSpatialCropd(keys, roi_size=(size, size), random_size=False),
     ]
-    if flip:
-        # the first in-plane axis is left-right for axial and coronal slices: anatomy mirrors plausibly
+    if flip and axis != "sagittal":
+        # the first in-plane axis is left-right for axial and coronal slices: anatomy mirrors plausibly (a
+        # sagittal slice has no left-right axis, and front-back mirrored anatomy does not exist)
         chain.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
     if augment:
         chain.append(RandAffined(keys, prob=0.5, rotate_range=(0.1,), scale_range=(0.05, 0.05),

@@ -226,7 +226,9 @@ def test_folder_mode_converts_the_good_files_and_lists_failures(tmp_path: Path, 
                          "lines"])
     captured = capsys.readouterr()
     assert code == 2
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    # the folder structure under the input is kept, so same-named files of different cases stay apart
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.nii.gz")) == \
+        ["a.nii.gz", "sub/b.nii.gz"]
     assert "converted 2 of 3 files" in captured.err and "c.nii.gz: all voxels are zero" in captured.err
     assert "PROGRESS 100" not in captured.out.splitlines()[:1] and "PROGRESS" in captured.out
 
@@ -246,3 +248,31 @@ def test_unknown_direction_in_the_api(tiny_model: Path) -> None:
     translator = Translator.from_file(tiny_model, device="cpu")
     with pytest.raises(InputError, match="direction"):
         translator.translate(np.zeros(3), direction="t2-to-ct")
+
+
+def test_glob_of_same_named_files_keeps_cases_apart(tmp_path: Path, make_volume, identity_model: Path) -> None:
+    for case in ("c1", "c2"):
+        make_volume(tmp_path / "data" / case, "t1.nii.gz", seed=int(case[1]))
+    code = convert_main([str(tmp_path / "data" / "*" / "t1.nii.gz"), str(tmp_path / "out"), "--model",
+                         str(identity_model), "--progress", "none"])
+    assert code == 0
+    for case in ("c1", "c2"):
+        src = tmp_path / "data" / case / "t1.nii.gz"
+        expected = expected_identity(nib.load(src).get_fdata(dtype=np.float32), identity_model)
+        np.testing.assert_allclose(nib.load(tmp_path / "out" / case / "t1.nii.gz").get_fdata(), expected, atol=1e-2)
+
+
+def test_mhd_output_has_its_data_file(tmp_path: Path, identity_model: Path, head_phantom) -> None:
+    img = sitk.GetImageFromArray(head_phantom((9, 10, 8)).transpose(2, 1, 0).copy())
+    sitk.WriteImage(img, str(tmp_path / "in.mhd"))
+    out = tmp_path / "out" / "res.mhd"
+    assert convert_main([str(tmp_path / "in.mhd"), str(out), "--model", str(identity_model), "--progress", "none"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.mhd", "res.raw"]
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(out))).shape == (8, 10, 9)
+
+
+def test_unwritable_output_format_is_refused_before_translating(tmp_path: Path, make_volume, tiny_model: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_volume(tmp_path, "in.nii.gz")
+    assert convert_main([str(src), str(tmp_path / "out.nii.bz2"), "--model", str(tiny_model)]) == 2
+    assert "cannot write this format" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
     assert "all voxels are zero" in _bad(tmp_path, capsys, [str(bad / "zero.nii.gz")], [t2])
     assert "multiple of 4" in _bad(tmp_path, capsys, [t1], [t2], ("--size", "30"))
     assert "--names" in _bad(tmp_path, capsys, [t1], [t2], ("--names", "ct,ct"))
+    assert "error: --log-every: 0 must be at least 1" in _bad(tmp_path, capsys, [t1], [t2], ("--log-every", "0"))
+    assert "error: --pool-size: -1 must not be negative" in _bad(tmp_path, capsys, [t1], [t2], ("--pool-size", "-1"))
 
 
 def test_existing_run_needs_resume(tmp_path: Path, domains: tuple[Path, Path],
