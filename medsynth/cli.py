@@ -78,6 +78,8 @@ def train_parser() -> "argparse.ArgumentParser":
     n.add_argument("--n-layers-d", type=int, default=m.n_layers_d, help="PatchGAN layers (3: 70x70 patches)")
     n.add_argument("--norm", choices=("instance", "batch"), default=m.norm)
     n.add_argument("--dropout", type=float, default=m.dropout, help="dropout in the ResNet blocks")
+    n.add_argument("--upsample", choices=("transpose", "nearest"), default=m.upsample,
+                   help="ResNet upsampling: transposed convolution (reference) or nearest + convolution")
     n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
     o = p.add_argument_group("objective and schedule")
     o.add_argument("--steps", type=int, default=d.steps, help="iterations at the initial learning rate")
@@ -121,7 +123,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     config = TrainConfig(
         a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
-                          norm=args.norm, dropout=args.dropout),
+                          norm=args.norm, dropout=args.dropout, upsample=args.upsample),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,

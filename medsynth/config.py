@@ -27,6 +27,8 @@ class ModelConfig:
         n_layers_d: strided layers of the PatchGAN (3 gives the 70x70 receptive field).
         norm: ``instance`` (the reference's choice for CycleGAN) or ``batch``.
         dropout: dropout in the ResNet blocks (the reference leaves it off for CycleGAN).
+        upsample: ``transpose`` (the reference's transposed convolutions) or ``nearest`` (resize-convolution,
+            which avoids checkerboard artefacts).
     """
 
     generator: str = "resnet9"
@@ -35,6 +37,7 @@ class ModelConfig:
     n_layers_d: int = 3
     norm: str = "instance"
     dropout: float = 0.0
+    upsample: str = "transpose"
 
 
 @dataclass

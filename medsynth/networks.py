@@ -55,7 +55,7 @@ class ResnetGenerator(nn.Module):
     stride = 4
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, ngf: int = 64, n_blocks: int = 9,
-                 norm: str = "instance", dropout: float = 0.0) -> None:
+                 norm: str = "instance", dropout: float = 0.0, upsample: str = "transpose") -> None:
         super().__init__()
         # instance norm without affine parameters cancels a bias, so convs before it go without one
         bias = norm == "instance"
@@ -67,8 +67,16 @@ class ResnetGenerator(nn.Module):
             ch *= 2
         layers += [ResnetBlock(ch, norm, dropout, bias) for _ in range(n_blocks)]
         for _ in range(2):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                       _norm(norm, ch // 2), nn.ReLU(True)]
+            if upsample == "transpose":
+                up: list[nn.Module] = [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1,
+                                                          bias=bias)]
+            elif upsample == "nearest":
+                # resize-convolution (Odena et al. 2016): no checkerboard from uneven kernel overlap
+                up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                      nn.Conv2d(ch, ch // 2, 3, bias=bias)]
+            else:
+                raise ValueError(f"unknown upsampling {upsample!r}: use 'transpose' or 'nearest'")
+            layers += [*up, _norm(norm, ch // 2), nn.ReLU(True)]
             ch //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
@@ -118,10 +126,9 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
     """The generator named by ``config.generator`` (``identity`` is for tests and baselines)."""
     if config.generator == "identity":
         return IdentityGenerator()
-    if config.generator == "resnet9":
-        return ResnetGenerator(in_channels, out_channels, config.ngf, 9, config.norm, config.dropout)
-    if config.generator == "resnet6":
-        return ResnetGenerator(in_channels, out_channels, config.ngf, 6, config.norm, config.dropout)
+    if config.generator in ("resnet9", "resnet6"):
+        return ResnetGenerator(in_channels, out_channels, config.ngf, int(config.generator[-1]), config.norm,
+                               config.dropout, config.upsample)
     if config.generator == "unet":
         return UnetGenerator(in_channels, out_channels, config.ngf, config.norm, config.dropout)
     raise ValueError(f"unknown generator {config.generator!r}: use resnet9, resnet6 or unet")

@@ -10,9 +10,12 @@ from medsynth.networks import (ResnetGenerator, build_discriminator, build_gener
                                init_weights)
 
 
+@pytest.mark.parametrize("upsample", ["transpose", "nearest"])
 @pytest.mark.parametrize("generator, blocks", [("resnet9", 9), ("resnet6", 6)])
-def test_resnet_generators(generator: str, blocks: int) -> None:
-    net = build_generator(ModelConfig(generator=generator, ngf=4))
+def test_resnet_generators(generator: str, blocks: int, upsample: str) -> None:
+    net = build_generator(ModelConfig(generator=generator, ngf=4, upsample=upsample))
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert ("ConvTranspose2d" in kinds) == (upsample == "transpose") and ("Upsample" in kinds) == (upsample == "nearest")
     assert sum(type(m).__name__ == "ResnetBlock" for m in net.modules()) == blocks
     out = net(torch.randn(2, 1, 36, 28))
     assert out.shape == (2, 1, 36, 28) and out.abs().max() <= 1
