@@ -132,6 +132,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
+    if args.resume:
+        config = _resume_config(config, argv)
     if config.enhance:
         from medsynth.enhance import STEPS
 
@@ -147,6 +149,33 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(f"model written to {model}")
     return 0
+
+
+def _resume_config(config: "TrainConfig", argv: Sequence[str] | None) -> "TrainConfig":
+    """On ``--resume`` the run's saved configuration holds; options given on this command line (not their
+    defaults) may change how it runs (device, workers, logging and checkpoint intervals)."""
+    import argparse
+    from pathlib import Path
+
+    from medsynth.config import TrainConfig
+
+    saved_path = Path(config.out) / "config.json"
+    if not saved_path.exists():
+        return config  # the trainer reports what is missing
+    try:
+        saved = TrainConfig.load(saved_path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(saved_path, f"cannot read the run's configuration ({type(exc).__name__})") from None
+    parser = train_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    for key in ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                "val_every", "compile", "cache_dir"):
+        if key in given:
+            setattr(saved, key, getattr(config, key))
+    saved.out = config.out
+    return saved
 
 
 def convert_parser() -> "argparse.ArgumentParser":

@@ -11,7 +11,7 @@ medsynth-train \
   --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" \
   --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" \
   --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz" \
-  --out "$run" --generator resnet6 --ngf 16 --ndf 16 --size 96 --batch-size 2 \
-  --lambda-identity 0 --steps 2400 --decay-steps 1600 \
-  --sample-every 400 --checkpoint-every 200 --val-every 800 --log-every 20 "$@"
+  --out "$run" --generator resnet6 --ngf 16 --ndf 16 --size 128 --batch-size 1 --upsample nearest \
+  --lambda-identity 0 --steps 2200 --decay-steps 1800 \
+  --sample-every 400 --checkpoint-every 200 --val-every 500 --log-every 20 "$@"
 python "$(dirname "$0")/package_model.py" "$run/model_best.pt" --fallback "$run/model.pt"
