@@ -103,7 +103,6 @@ def write_json(name: str, payload: dict[str, Any], folder: Path | None = None) -
     folder.mkdir(parents=True, exist_ok=True)
     kind = "gpu" if torch.cuda.is_available() else "cpu"
     path = folder / f"{name}_{kind}.json"
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    from medsynth.files import write_atomic
+
+    return write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from medsynth.errors import InputError
+
+if TYPE_CHECKING:
+    import argparse
+
+    from medsynth.config import TrainConfig
 
 Main = Callable[[Sequence[str] | None], int]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,10 +109,9 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         """Write as indented JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        from medsynth.files import write_atomic
+
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

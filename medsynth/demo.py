@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io as _stdio
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from medsynth.files import atomic_path, write_atomic
 
 DATA_DIR = Path(__file__).parent / "data"
 SAMPLE_T1 = DATA_DIR / "sample_t1.nii.gz"
@@ -63,12 +64,7 @@ def write_preview(path: str | Path, panels: Sequence[tuple[str, np.ndarray]], af
     buf = _stdio.BytesIO()
     fig.savefig(buf, format="png", dpi=100, facecolor="black")
     plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, buf.getvalue())
 
 
 def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", model: str | Path | None = None,
@@ -95,9 +91,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
     translator.translate_file(SAMPLE_T1, targets["output"], direction="t1-to-t2", axis=axis, overwrite=overwrite,
                               progress=progress)
     seconds = time.perf_counter() - tic
-    tmp = targets["input"].with_name(".sample_t1.partial.nii.gz")
-    shutil.copyfile(SAMPLE_T1, tmp)
-    os.replace(tmp, targets["input"])
+    with atomic_path(targets["input"]) as tmp:
+        shutil.copyfile(SAMPLE_T1, tmp)
     import nibabel as nib
 
     t1 = nib.load(SAMPLE_T1)

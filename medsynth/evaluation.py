@@ -33,10 +33,8 @@ import csv
 import io as _stdio
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -44,6 +42,7 @@ import numpy as np
 
 from medsynth.cli import exit_on_error
 from medsynth.errors import InputError
+from medsynth.files import write_atomic
 
 __all__ = [
     "HU_RANGE",
@@ -478,17 +477,6 @@ def _load(path: Path, allow_constant: bool = False) -> tuple[np.ndarray, np.ndar
     return np.asarray(image.array, dtype=np.float32), np.asarray(image.affine, dtype=float)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --------------------------------------------------------------------------------------------- evaluation
 
 def _score_case(
@@ -610,7 +598,7 @@ def _write_tables(rows: Sequence[dict[str, Any]], out_dir: Path, arguments: dict
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
     writer.writerow({"case": "mean", **_means(rows)})
-    _write_atomic(out_dir / "metrics.csv", buf.getvalue().encode())
+    write_atomic(out_dir / "metrics.csv", buf.getvalue().encode())
 
     report = {
         "arguments": arguments,
@@ -629,7 +617,7 @@ def _write_tables(rows: Sequence[dict[str, Any]], out_dir: Path, arguments: dict
         "mean": _means(rows),
     }
     text = json.dumps(_json_safe(report), indent=2, allow_nan=False)
-    _write_atomic(out_dir / "metrics.json", (text + "\n").encode())
+    write_atomic(out_dir / "metrics.json", (text + "\n").encode())
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -734,7 +722,7 @@ def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> No
     buf = _stdio.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue())
 
 
 def _safe_name(case: str) -> str:

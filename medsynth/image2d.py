@@ -18,7 +18,6 @@ present. Both paths give identical values (tests check it on synthetic files).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import os
@@ -26,11 +25,12 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from medsynth.errors import InputError
+from medsynth.files import atomic_path
 
 IMAGE2D_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
@@ -107,27 +107,6 @@ def is_image2d(path: str | os.PathLike[str]) -> bool:
 def format_of(path: str | os.PathLike[str]) -> str | None:
     """The 2-D format a path's suffix names (``"png"``, ``"jpeg"``, ``"tiff"``, ``"dicom"``), else None."""
     return _FORMAT_OF_SUFFIX.get(Path(path).suffix.lower())
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success move it onto ``path`` with ``os.replace``.
-
-    The temporary name ends with the same suffixes (``.nii.gz`` ...) so writers that choose the encoding
-    from the name behave. On error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffixes = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffixes}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _to_grey(rgb: np.ndarray, full_scale: float) -> np.ndarray:

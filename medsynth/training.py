@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -24,6 +23,7 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.errors import InputError
+from medsynth.files import atomic_path, write_atomic
 from medsynth.io import find_files, is_image2d
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
@@ -31,13 +31,8 @@ CHECKPOINT_FORMAT = "medsynth-checkpoint"
 
 def atomic_save(obj: Any, path: Path) -> Path:
     """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -238,10 +233,8 @@ def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
         for j, tile in enumerate(row):
             # slices are (x, y) in RAS order: transpose and flip so that anterior is up, as viewers show them
             canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = np.flipud(tile.T)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    PILImage.fromarray(canvas).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        PILImage.fromarray(canvas).save(tmp, format="PNG")
 
 
 class Interrupted(Exception):
@@ -538,9 +531,8 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         state = self._checkpoint_state(model, opt_g, opt_d, schedulers, step, history)
         path = atomic_save(state, folder / f"step_{step:07d}.pt")
-        tmp = folder / f".latest.partial-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, folder / "latest.pt")
+        with atomic_path(folder / "latest.pt") as tmp:
+            shutil.copyfile(path, tmp)
         old = sorted(folder.glob("step_*.pt"))[: -self.config.keep_checkpoints or None]
         for p in old:
             p.unlink(missing_ok=True)
@@ -612,9 +604,7 @@ class Trainer:
         if writer is not None:
             for k, v in mean.items():
                 writer.add_scalar(f"val/{k}", v, step)
-        tmp = self.run_dir / ".metrics.json.partial"
-        tmp.write_text(json.dumps(history, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "metrics.json")
+        write_atomic(self.run_dir / "metrics.json", json.dumps(history, indent=2) + "\n")
         best = max(history, key=lambda e: e.get("psnr", -math.inf))
         if best is entry:
             self._export(model, self.run_dir / "model_best.pt", step, history)
