@@ -187,7 +187,8 @@ class Translator:
             arr3 = array[0] if channel else array
             out = self.translate_array(arr3, np.asarray(volume.affine, np.float64), direction, axis, fuse, progress)
             out = out[None] if channel else out
-            return MetaTensor(torch.from_numpy(out), affine=volume.affine.clone(), meta=dict(volume.meta))
+            meta = {k: v for k, v in volume.meta.items() if k != "affine"}
+            return MetaTensor(torch.from_numpy(out), affine=volume.affine.clone(), meta=meta)
         import nibabel as nib
 
         if isinstance(volume, nib.spatialimages.SpatialImage):
