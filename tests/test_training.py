@@ -209,3 +209,16 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path: Path, domains:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["step"] >= step + 2
+
+
+def test_tiny_run_on_the_packaged_real_sample(tmp_path: Path) -> None:
+    """Real MRI that is always there (the package ships it), so this runs without ../shared/data too."""
+    from medsynth.demo import SAMPLE_T1, SAMPLE_T2
+
+    run = tmp_path / "sample"
+    assert train_main(["--t1", str(SAMPLE_T1), "--t2", str(SAMPLE_T2), "--out", str(run), *TINY, "--steps", "2",
+                       "--decay-steps", "0", "--axis", "coronal", "--sample-every", "2"]) == 0
+    grid = np.asarray(PILImage.open(run / "samples" / "step_0000002.png"))
+    # one whole coronal slice per domain (x 240, z 155 -> 156), shown with superior up
+    assert grid.shape == (2 * (156 + 2) - 2, 3 * (240 + 2) - 2)
+    assert torch.load(run / "model.pt", weights_only=True)["config"]["axis"] == "coronal"
