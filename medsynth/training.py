@@ -231,8 +231,9 @@ def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
     canvas = np.full((len(tiles) * (h + gap) - gap, n_cols * (w + gap) - gap), 255, np.uint8)
     for i, row in enumerate(tiles):
         for j, tile in enumerate(row):
-            # slices are (x, y) in RAS order: transpose and flip so that anterior is up, as viewers show them
-            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = np.flipud(tile.T)
+            # slices are (x, y) in RAS order: transposed and flipped so that anterior (or superior) is up and the
+            # patient's right is on the left, the radiological view of medsynth-eval's figures and of Slicer
+            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = np.flipud(tile.T)[:, ::-1]
     with atomic_path(path) as tmp:
         PILImage.fromarray(canvas).save(tmp, format="PNG")
 
