@@ -14,8 +14,6 @@ from medsynth.errors import InputError
 if TYPE_CHECKING:
     import argparse
 
-    from medsynth.config import TrainConfig
-
 Main = Callable[[Sequence[str] | None], int]
 
 
@@ -137,8 +135,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
-    if args.resume:
-        config = _resume_config(config, argv)
     if config.enhance:
         from medsynth.enhance import STEPS
 
@@ -148,7 +144,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     from medsynth.training import Interrupted, train
 
     try:
-        model = train(config, resume=args.resume, progress=not args.quiet)
+        runtime = _given_runtime_options(argv) if args.resume else ()
+        model = train(config, resume=args.resume, progress=not args.quiet, runtime=runtime)
     except Interrupted as stop:
         print(stop, file=sys.stderr)
         return 130
@@ -156,31 +153,18 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _resume_config(config: "TrainConfig", argv: Sequence[str] | None) -> "TrainConfig":
-    """On ``--resume`` the run's saved configuration holds; options given on this command line (not their
-    defaults) may change how it runs (device, workers, logging and checkpoint intervals)."""
+def _given_runtime_options(argv: Sequence[str] | None) -> list[str]:
+    """The runtime options (see ``medsynth.training.RUNTIME_OPTIONS``) given on this command line: on
+    ``--resume`` only these replace the run's saved values, not the parser's defaults."""
     import argparse
-    from pathlib import Path
 
-    from medsynth.config import TrainConfig
+    from medsynth.training import RUNTIME_OPTIONS
 
-    saved_path = Path(config.out) / "config.json"
-    if not saved_path.exists():
-        return config  # the trainer reports what is missing
-    try:
-        saved = TrainConfig.load(saved_path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(saved_path, f"cannot read the run's configuration ({type(exc).__name__})") from None
     parser = train_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     given = vars(parser.parse_args(argv))
-    for key in ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                "val_every", "compile", "cache_dir"):
-        if key in given:
-            setattr(saved, key, getattr(config, key))
-    saved.out = config.out
-    return saved
+    return [key for key in RUNTIME_OPTIONS if key in given]
 
 
 def convert_parser() -> "argparse.ArgumentParser":

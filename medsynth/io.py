@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from medsynth.errors import InputError
-from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom
+from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom, is_image2d
 from medsynth.image2d import natural_sort_key as natural_key
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -127,11 +127,6 @@ def find_files(sources: Sequence[str | Path] | str | Path, what: str = "any") ->
 
 def _describe(what: str) -> str:
     return {"volume": "volumes", "image2d": "2D images"}.get(what, "images")
-
-
-def is_image2d(path: str | Path) -> bool:
-    """Whether the file is a 2D image format (PNG, JPEG, TIFF, DICOM, also DICOM without a suffix)."""
-    return suffix_of(path) in IMAGE2D_SUFFIXES or (not Path(path).suffix and Path(path).is_file() and is_dicom(path))
 
 
 def load_image(path: str | Path, expect: str = "any", allow_constant: bool = False) -> Image:

@@ -27,6 +27,9 @@ from medsynth.files import atomic_path, write_atomic
 from medsynth.io import find_files, is_image2d
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
+#: What a resumed run may change: where and how fast it runs, not what it learns.
+RUNTIME_OPTIONS = ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                   "val_every", "compile", "cache_dir")
 
 
 def atomic_save(obj: Any, path: Path) -> Path:
@@ -110,12 +113,9 @@ class DomainData:
                     info = Path(item["image"]).stat()
                     item["_key"] = f"{info.st_size}-{info.st_mtime_ns}-{','.join(enhance)}"
             try:
-                if cache_dir:
-                    ds = PersistentDataset(data, transform, cache_dir=cache_dir)
-                    cached = [ds[i] for i in range(len(ds))]
-                else:
-                    ds = CacheDataset(data, transform, num_workers=max(workers, 1), progress=progress)
-                    cached = [ds[i] for i in range(len(ds))]
+                ds = PersistentDataset(data, transform, cache_dir=cache_dir) if cache_dir else \
+                    CacheDataset(data, transform, num_workers=max(workers, 1), progress=progress)
+                cached = [ds[i] for i in range(len(ds))]
             except Exception as exc:
                 err = unwrap_input_error(exc)
                 if err is None:
@@ -190,12 +190,12 @@ def fixed_slices(domain: DomainData, axis: str, count: int = 2) -> list[torch.Te
     """Whole middle slices of the first volumes: the same every time, so sample grids show how the translation
     of one slice changes during training."""
     from medsynth.config import AXIS_INDEX
+    from medsynth.transforms import slice_coverage
 
     axis_index = 2 if domain.is_2d else AXIS_INDEX[axis]
     out = []
     for volume in domain.volumes[:count]:
-        other = tuple(i + 1 for i in range(3) if i != axis_index)
-        coverage = (volume > -1).float().mean(dim=(0, *other))
+        coverage = slice_coverage(volume, axis_index)
         nonzero = torch.nonzero(coverage > 0).flatten()
         middle = int(nonzero[len(nonzero) // 2]) if len(nonzero) else volume.shape[axis_index + 1] // 2
         out.append(volume.select(axis_index + 1, middle))
@@ -256,9 +256,11 @@ class Trainer:
         progress: show a tqdm bar (rank 0 only).
     """
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True,
+                 runtime: Sequence[str] = RUNTIME_OPTIONS) -> None:
         self.config = config
         self.resume = resume
+        self.runtime = tuple(runtime)
         self.progress = progress
         self.dist = Distributed.from_env()
         self.run_dir = Path(config.out)
@@ -274,9 +276,7 @@ class Trainer:
                 saved = TrainConfig.load(self.run_dir / "config.json")
             except (OSError, ValueError, TypeError) as exc:
                 raise InputError(self.run_dir / "config.json", f"cannot read the run's configuration ({type(exc).__name__})") from None
-            # what may change on resume: where and how fast it runs, not what it learns
-            for key in ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                        "val_every", "compile", "cache_dir"):
+            for key in self.runtime:
                 setattr(saved, key, getattr(self.config, key))
             saved.out = str(self.run_dir)
             return saved
@@ -618,6 +618,11 @@ class Trainer:
                      extra={"step": step, "validation": history})
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train a CycleGAN as configured and return the path of the run's ``model.pt``."""
-    return Trainer(config, resume=resume, progress=progress).run()
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          runtime: Sequence[str] = RUNTIME_OPTIONS) -> Path:
+    """Train a CycleGAN as configured and return the path of the run's ``model.pt``.
+
+    On ``resume`` the run's saved configuration holds, except the ``runtime`` options taken from ``config``
+    (by default all of :data:`RUNTIME_OPTIONS`).
+    """
+    return Trainer(config, resume=resume, progress=progress, runtime=runtime).run()
