@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medsynth.config import TrainConfig
+from medsynth.files import atomic_save
 from medsynth.networks import build_discriminator, build_generator, init_weights
 
 MODEL_FORMAT = "medsynth-model"
@@ -220,8 +221,6 @@ def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: n
         extra: more JSON-like information (validation figures, steps).
         half: store weights as float16 (halves the file; they are computed in float32 again at load).
     """
-    from medsynth.training import atomic_save
-
     def weights(net: nn.Module) -> dict[str, torch.Tensor]:
         net = getattr(net, "_orig_mod", getattr(net, "module", net))
         state = {k: v.detach().cpu() for k, v in net.state_dict().items()}

@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -34,4 +34,14 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     """Write ``data`` (text is UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
+    # torch is imported here, not at the top, so that the writers of text and images stay light
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return Path(path)

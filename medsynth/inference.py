@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medsynth.config import AXES, AXIS_INDEX, TrainConfig
+from medsynth.devices import resolve_device
 from medsynth.errors import InputError
 from medsynth.io import Image, check_output, load_image, save_like
 
@@ -81,7 +82,6 @@ class Translator:
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
                  source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False) -> None:
         from medsynth.networks import generator_stride
-        from medsynth.training import resolve_device
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.config = config

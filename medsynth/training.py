@@ -23,33 +23,14 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.errors import InputError
-from medsynth.files import atomic_path, write_atomic
+from medsynth.devices import resolve_device
+from medsynth.files import atomic_path, atomic_save, write_atomic
 from medsynth.io import find_files, is_image2d
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
 #: What a resumed run may change: where and how fast it runs, not what it learns.
 RUNTIME_OPTIONS = ("device", "workers", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                    "val_every", "compile", "cache_dir")
-
-
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return path
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` on a machine without it is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device", "cuda was asked for but no CUDA GPU is available")
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-    if device != "cpu":
-        raise InputError("--device", f"unknown device {device!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 @dataclass
