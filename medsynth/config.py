@@ -28,6 +28,9 @@ class ModelConfig:
         dropout: dropout in the ResNet blocks (the reference leaves it off for CycleGAN).
         upsample: ``transpose`` (the reference's transposed convolutions) or ``nearest`` (resize-convolution,
             which avoids checkerboard artefacts).
+        residual: ``none`` (the reference) or ``invert``: the generator adds its output to a fixed monotone
+            intensity map (the source's histogram, inverted, matched to the target domain's; learned from the
+            training data) and so starts from the classical baseline and learns only what it misses.
     """
 
     generator: str = "resnet9"
@@ -37,14 +40,24 @@ class ModelConfig:
     norm: str = "instance"
     dropout: float = 0.0
     upsample: str = "transpose"
+    residual: str = "none"
+
+
+RESIDUALS = ("none", "invert")
 
 
 @dataclass
 class TrainConfig:
     """Every option of ``medsynth-train``; the defaults follow the reference CycleGAN.
 
-    ``steps`` iterations at the initial learning rate are followed by ``decay_steps`` iterations of linear
-    decay to zero (the reference: 100 epochs constant, 100 decaying).
+    ``steps`` iterations in all; the last ``decay_steps`` of them (default: half, as the reference's 100
+    constant and 100 decaying epochs) decay the learning rate linearly to zero.
+
+    ``paired`` matches the two sets by case name (co-registered pairs, e.g. BraTS): both images of a pair get
+    the same slice, crop, flip and affine, and ``lambda_paired`` x (|G_ab(a) - b| + |G_ba(b) - a|) joins the
+    CycleGAN objective. ``lambda_adv = 0`` with ``lambda_cycle = 0`` leaves plain paired regression (no
+    discriminators are run). ``extra_a``/``extra_b`` are unpaired volumes that feed the adversarial and
+    cycle terms only.
     """
 
     a: list[str] = field(default_factory=list)
@@ -55,25 +68,32 @@ class TrainConfig:
     size: int = 256
     axis: str = "axial"
     min_foreground: float = 0.1
-    steps: int = 100_000
-    decay_steps: int = 100_000
+    steps: int = 200_000
+    decay_steps: int | None = None
     batch_size: int = 1
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    lambda_adv: float = 1.0
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     pool_size: int = 50
     init_gain: float = 0.02
+    paired: bool = False
+    lambda_paired: float = 10.0
+    extra_a: list[str] = field(default_factory=list)
+    extra_b: list[str] = field(default_factory=list)
     augment: bool = True
+    intensity_augment: bool = False
     flip: bool = True
     enhance: list[str] = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    threads: int | None = None
     channels_last: bool = False
     compile: bool = False
-    workers: int = 0
+    workers: int = -1
     cache_dir: str | None = None
     log_every: int = 50
     sample_every: int = 500
@@ -91,7 +111,13 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         """Iterations in the whole run."""
-        return self.steps + self.decay_steps
+        return self.steps
+
+    @property
+    def decay_from(self) -> int:
+        """The step after which the learning rate decays linearly to zero at :attr:`total_steps`."""
+        decay = self.steps // 2 if self.decay_steps is None else min(self.decay_steps, self.steps)
+        return self.steps - decay
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.files import atomic_save
-from medsynth.networks import build_discriminator, build_generator, init_weights
+from medsynth.networks import build_discriminator, build_generator, init_weights, intensity_maps
 
 MODEL_FORMAT = "medsynth-model"
 MODEL_VERSION = 1
@@ -73,10 +73,14 @@ class GeneratorPass(nn.Module):
         self.g_ab = g_ab
         self.g_ba = g_ba
 
-    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True,
+                cycle: bool = True) -> dict[str, torch.Tensor]:
         fake_b = self.g_ab(real_a)
         fake_a = self.g_ba(real_b)
-        out = {"fake_b": fake_b, "fake_a": fake_a, "rec_a": self.g_ba(fake_b), "rec_b": self.g_ab(fake_a)}
+        out = {"fake_b": fake_b, "fake_a": fake_a}
+        if cycle:
+            out["rec_a"] = self.g_ba(fake_b)
+            out["rec_b"] = self.g_ab(fake_a)
         if identity:
             out["idt_a"] = self.g_ba(real_a)
             out["idt_b"] = self.g_ab(real_b)
@@ -132,18 +136,27 @@ class CycleGAN(nn.Module):
         opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         return opt_g, opt_d
 
+    def set_intensity_maps(self, quantiles_a: torch.Tensor, quantiles_b: torch.Tensor) -> None:
+        """Fit the generators' inverted-histogram maps (``residual="invert"``) to the training domains'
+        foreground quantiles (see :func:`medsynth.networks.domain_quantiles`)."""
+        for net, (src, dst) in ((self.g_ab, (quantiles_a, quantiles_b)), (self.g_ba, (quantiles_b, quantiles_a))):
+            for m in intensity_maps(net):
+                m.set_knots(torch.as_tensor(src), torch.as_tensor(dst).flip(0))
+
     def schedulers(self, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> list[Any]:
-        """Constant for ``steps`` iterations, then linear decay to zero over ``decay_steps``."""
-        steps, decay = self.config.steps, max(self.config.decay_steps, 1)
+        """Constant until :attr:`TrainConfig.decay_from`, then linear decay to zero at ``steps``."""
+        start = self.config.decay_from
+        decay = max(self.config.total_steps - start, 1)
 
         def factor(step: int) -> float:
-            return 1.0 - max(0, step - steps) / decay
+            return 1.0 - max(0, step - start) / decay
 
         return [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_d)]
 
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, opt_g: torch.optim.Optimizer,
                    opt_d: torch.optim.Optimizer, generators: nn.Module | None = None,
-                   discriminators: nn.Module | None = None, autocast: bool = False) -> dict[str, torch.Tensor]:
+                   discriminators: nn.Module | None = None, autocast: bool = False,
+                   target_a: torch.Tensor | None = None, target_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One iteration: update both generators, then both discriminators.
 
         Args:
@@ -153,7 +166,11 @@ class CycleGAN(nn.Module):
             opt_d: optimiser of the discriminators.
             generators: the (possibly DDP-wrapped or compiled) :class:`GeneratorPass`; defaults to our own.
             discriminators: likewise for :class:`DiscriminatorPass`.
-            autocast: bf16 autocast (CUDA).
+            autocast: bf16 autocast (on CUDA, or on a CPU with native bf16).
+            target_a: for paired batches, the A image registered to ``real_b`` (the target of G_ba(real_b));
+                with ``target_b`` it adds the paired L1 term. ``real_a``/``real_b`` may carry intensity
+                augmentation, the targets do not.
+            target_b: the B image registered to ``real_a``.
 
         Returns:
             Detached loss tensors; nothing here waits for the device, so logging decides when to sync.
@@ -162,47 +179,58 @@ class CycleGAN(nn.Module):
         generators = generators if generators is not None else self.generators
         discriminators = discriminators if discriminators is not None else self.discriminators
         device_type = real_a.device.type
-        use_identity = c.lambda_identity > 0
+        use_adv = c.lambda_adv > 0
+        use_cycle = c.lambda_cycle > 0
+        use_identity = c.lambda_identity > 0 and use_cycle
+        use_paired = target_a is not None and target_b is not None and c.lambda_paired > 0
 
         # generators: the discriminators are only judges here
         self.discriminators.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            out = generators(real_a, real_b, use_identity)
-            judge_a, judge_b = self.discriminators(out["fake_a"], out["fake_b"])
-        loss_g_ab = self.adversarial(judge_b.float(), target_is_real=True, for_discriminator=False)
-        loss_g_ba = self.adversarial(judge_a.float(), target_is_real=True, for_discriminator=False)
-        loss_cycle_a = self.l1(out["rec_a"].float(), real_a) * c.lambda_cycle
-        loss_cycle_b = self.l1(out["rec_b"].float(), real_b) * c.lambda_cycle
-        loss_g = loss_g_ab + loss_g_ba + loss_cycle_a + loss_cycle_b
-        losses = {"g_ab": loss_g_ab, "g_ba": loss_g_ba, "cycle_a": loss_cycle_a, "cycle_b": loss_cycle_b}
+            out = generators(real_a, real_b, use_identity, use_cycle)
+            if use_adv:
+                judge_a, judge_b = self.discriminators(out["fake_a"], out["fake_b"])
+        if use_adv:
+            losses["g_ab"] = c.lambda_adv * self.adversarial(judge_b.float(), target_is_real=True, for_discriminator=False)
+            losses["g_ba"] = c.lambda_adv * self.adversarial(judge_a.float(), target_is_real=True, for_discriminator=False)
+        if use_cycle:
+            losses["cycle_a"] = self.l1(out["rec_a"].float(), real_a) * c.lambda_cycle
+            losses["cycle_b"] = self.l1(out["rec_b"].float(), real_b) * c.lambda_cycle
         if use_identity:
             weight = c.lambda_cycle * c.lambda_identity
             losses["idt_a"] = self.l1(out["idt_a"].float(), real_a) * weight
             losses["idt_b"] = self.l1(out["idt_b"].float(), real_b) * weight
-            loss_g = loss_g + losses["idt_a"] + losses["idt_b"]
+        if use_paired:
+            losses["paired_b"] = self.l1(out["fake_b"].float(), target_b) * c.lambda_paired
+            losses["paired_a"] = self.l1(out["fake_a"].float(), target_a) * c.lambda_paired
+        if not losses:
+            raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
+        loss_g = torch.stack(list(losses.values())).sum()
         loss_g.backward()
         opt_g.step()
 
-        # discriminators: real against pooled fakes
-        self.discriminators.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
-        fake_a = self.pool_a.query(out["fake_a"].detach().float())
-        fake_b = self.pool_b.query(out["fake_b"].detach().float())
-        n = real_a.shape[0]
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            # one forward over real and fake together (instance norm is per image, so this changes nothing)
-            # keeps DistributedDataParallel at one call per backward
-            logit_a, logit_b = discriminators(torch.cat([real_a, fake_a]), torch.cat([real_b, fake_b]))
-        real_logit_a, fake_logit_a = logit_a[:n], logit_a[n:]
-        real_logit_b, fake_logit_b = logit_b[:n], logit_b[n:]
-        loss_d_a = 0.5 * (self.adversarial(real_logit_a.float(), target_is_real=True, for_discriminator=True)
-                          + self.adversarial(fake_logit_a.float(), target_is_real=False, for_discriminator=True))
-        loss_d_b = 0.5 * (self.adversarial(real_logit_b.float(), target_is_real=True, for_discriminator=True)
-                          + self.adversarial(fake_logit_b.float(), target_is_real=False, for_discriminator=True))
-        (loss_d_a + loss_d_b).backward()
-        opt_d.step()
-        losses.update(d_a=loss_d_a, d_b=loss_d_b)
+        if use_adv:
+            # discriminators: real against pooled fakes
+            self.discriminators.requires_grad_(True)
+            opt_d.zero_grad(set_to_none=True)
+            fake_a = self.pool_a.query(out["fake_a"].detach().float())
+            fake_b = self.pool_b.query(out["fake_b"].detach().float())
+            n = real_a.shape[0]
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
+                # one forward over real and fake together (instance norm is per image, so this changes nothing)
+                # keeps DistributedDataParallel at one call per backward
+                logit_a, logit_b = discriminators(torch.cat([real_a, fake_a]), torch.cat([real_b, fake_b]))
+            real_logit_a, fake_logit_a = logit_a[:n], logit_a[n:]
+            real_logit_b, fake_logit_b = logit_b[:n], logit_b[n:]
+            loss_d_a = 0.5 * (self.adversarial(real_logit_a.float(), target_is_real=True, for_discriminator=True)
+                              + self.adversarial(fake_logit_a.float(), target_is_real=False, for_discriminator=True))
+            loss_d_b = 0.5 * (self.adversarial(real_logit_b.float(), target_is_real=True, for_discriminator=True)
+                              + self.adversarial(fake_logit_b.float(), target_is_real=False, for_discriminator=True))
+            (loss_d_a + loss_d_b).backward()
+            opt_d.step()
+            losses.update(d_a=loss_d_a, d_b=loss_d_b)
         return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"].detach(),
                                                               "_fake_a": out["fake_a"].detach()}
 

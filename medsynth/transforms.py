@@ -228,6 +228,53 @@ class RandSliced(Randomizable, MapTransform):
         return d
 
 
+class RandIntensityAugmentd(Randomizable, MapTransform):
+    """Dictionary transform: random intensity changes of a normalised slice, as scanners and protocols vary.
+
+    A smooth multiplicative bias field, a gamma (contrast) change, a monotone histogram shift and a little
+    Gaussian noise (MONAI's ``RandBiasField``, ``RandAdjustContrast``, ``RandHistogramShift``,
+    ``RandGaussianNoise``), applied to the foreground on a [0, 2] scale; the background stays -1.
+    """
+
+    def __init__(self, keys: KeysCollection, prob: float = 0.8) -> None:
+        from monai.transforms import RandAdjustContrast, RandBiasField, RandGaussianNoise, RandHistogramShift
+
+        MapTransform.__init__(self, keys)
+        self.prob = prob
+        self.chain = [RandBiasField(degree=3, coeff_range=(0.0, 0.15), prob=0.5),
+                      RandAdjustContrast(gamma=(0.7, 1.5), prob=0.5),
+                      RandHistogramShift(num_control_points=(10, 12), prob=0.3),
+                      RandGaussianNoise(mean=0.0, std=0.03, prob=0.3)]
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> RandIntensityAugmentd:
+        super().set_random_state(seed, state)
+        for t in self.chain:
+            t.set_random_state(state=self.R)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        self._do = self.R.rand() < self.prob
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        if not self._do:
+            return d
+        for key in self.key_iterator(d):
+            x = torch.as_tensor(d[key]).float()
+            foreground = x > -1.0 + 1e-3
+            y = x + 1.0
+            for t in self.chain:
+                y = torch.as_tensor(t(y)).float()
+            d[key] = torch.where(foreground, (y - 1.0).clamp(-1.0, 1.0), torch.full_like(x, -1.0))
+        return d
+
+
+def intensity_augment_transform(keys: KeysCollection = "image") -> Compose:
+    """The random intensity part of training (``--intensity-augment``), applied to each input separately."""
+    return Compose([RandIntensityAugmentd(keys)])
+
+
 def train_slice_transform(keys: KeysCollection, size: int, axis: str = "axial", min_foreground: float = 0.1,
                           augment: bool = True, flip: bool = True) -> Compose:
     """Random part of the training chain: slice, pad or crop to ``size`` (no resizing), augment."""

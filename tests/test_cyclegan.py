@@ -58,7 +58,7 @@ def test_no_identity_terms_when_weight_is_zero() -> None:
 
 
 def test_schedule_is_constant_then_linear_to_zero() -> None:
-    model = CycleGAN(tiny_config(steps=4, decay_steps=4))
+    model = CycleGAN(tiny_config(steps=8, decay_steps=4))
     opt_g, opt_d = model.optimizers()
     sched = model.schedulers(opt_g, opt_d)[0]
     lrs = []
@@ -68,6 +68,8 @@ def test_schedule_is_constant_then_linear_to_zero() -> None:
         sched.step()
     lrs.append(opt_g.param_groups[0]["lr"])
     assert lrs == pytest.approx([2e-4] * 5 + [1.5e-4, 1e-4, 0.5e-4, 0.0])
+    # --steps alone: the total, of which the second half decays (the reference's 100 + 100 epochs)
+    assert tiny_config(steps=8).decay_from == 4 and tiny_config(steps=8).total_steps == 8
 
 
 def test_exported_model_is_weights_only_and_halves(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def model(domains, tmp_path_factory) -> Path:
     a, b = domains
     run = tmp_path_factory.mktemp("run")
     status = train_main(["--a", str(a), "--b", str(b), "--names", "ct,mr", "--out", str(run), "--size", "32",
-                         "--ngf", "4", "--ndf", "4", "--steps", "3", "--decay-steps", "1", "--generator", "resnet6",
+                         "--ngf", "4", "--ndf", "4", "--steps", "4", "--decay-steps", "1", "--generator", "resnet6",
                          "--device", "cpu", "--batch-size", "2", "--workers", "0", "--quiet", "--enhance", "clahe",
                          "--sample-every", "1000", "--checkpoint-every", "1000", "--val-every", "1000"])
     assert status == 0

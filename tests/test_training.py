@@ -31,10 +31,10 @@ def domains(tmp_path: Path, make_volume) -> tuple[Path, Path]:
 def test_tiny_run_writes_everything(tmp_path: Path, domains: tuple[Path, Path]) -> None:
     run = tmp_path / "run"
     code = train_main(["--t1", str(domains[0]), "--t2", str(domains[1]), "--out", str(run), *TINY,
-                       "--steps", "3", "--decay-steps", "1", "--sample-every", "2", "--checkpoint-every", "2"])
+                       "--steps", "4", "--decay-steps", "1", "--sample-every", "2", "--checkpoint-every", "2"])
     assert code == 0
     config = json.loads((run / "config.json").read_text())
-    assert config["steps"] == 3 and config["lambda_cycle"] == 10.0 and config["lambda_identity"] == 0.5
+    assert config["steps"] == 4 and config["lambda_cycle"] == 10.0 and config["lambda_identity"] == 0.5
     assert config["pool_size"] == 50 and config["lr"] == 2e-4 and config["beta1"] == 0.5
     assert config["model"]["generator"] == "resnet6" and config["names"] == ["t1", "t2"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest.pt", "step_0000002.pt",
@@ -57,7 +57,7 @@ def test_tiny_run_writes_everything(tmp_path: Path, domains: tuple[Path, Path]) 
 
 
 def test_resume_is_bit_exact(tmp_path: Path, domains: tuple[Path, Path]) -> None:
-    args = ["--t1", str(domains[0]), "--t2", str(domains[1]), *TINY, "--steps", "4", "--decay-steps", "2",
+    args = ["--t1", str(domains[0]), "--t2", str(domains[1]), *TINY, "--steps", "6", "--decay-steps", "2",
             "--checkpoint-every", "3", "--sample-every", "100", "--pool-size", "2", "--batch-size", "2"]
     full = tmp_path / "full"
     assert train_main([*args, "--out", str(full)]) == 0
@@ -147,7 +147,7 @@ def test_validation_keeps_metrics_and_best_model(tmp_path: Path, make_volume) ->
     make_volume(tmp_path / "val", "p9_t2.nii.gz", shape=(20, 24, 12), seed=9, contrast="t2")
     run = tmp_path / "run"
     code = train_main(["--t1", str(tmp_path / "train_t1"), "--t2", str(tmp_path / "train_t2"), "--out", str(run),
-                       *TINY, "--steps", "2", "--decay-steps", "2", "--val-t1", str(tmp_path / "val" / "p9_t1.nii.gz"),
+                       *TINY, "--steps", "4", "--decay-steps", "2", "--val-t1", str(tmp_path / "val" / "p9_t1.nii.gz"),
                        "--val-t2", str(tmp_path / "val" / "p9_t2.nii.gz"), "--val-every", "2"])
     assert code == 0
     history = json.loads((run / "metrics.json").read_text())
@@ -161,7 +161,7 @@ def test_torchrun_two_gloo_processes(tmp_path: Path, domains: tuple[Path, Path])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "medsynth", "train", "--t1", str(domains[0]), "--t2", str(domains[1]), "--out", str(run), *TINY,
-           "--steps", "2", "--decay-steps", "1", "--device", "cpu", "--checkpoint-every", "3"]
+           "--steps", "3", "--decay-steps", "1", "--device", "cpu", "--checkpoint-every", "3"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "model.pt").exists() and (run / "checkpoints" / "latest.pt").exists()
