@@ -40,9 +40,9 @@ setup(
             "medsynth-train=medsynth.cli:train_main",
             "medsynth-convert=medsynth.cli:convert_main",
             "medsynth-demo=medsynth.cli:demo_main",
-            "medsynth-eval=medsynth.evaluation:main",
-            "medsynth-enhance=medsynth.enhance:main",
-            "medsynth-serve=medsynth.server:main",
+            "medsynth-eval=medsynth.cli:eval_main",
+            "medsynth-enhance=medsynth.cli:enhance_main",
+            "medsynth-serve=medsynth.cli:serve_main",
         ]
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Medical Science Apps."],

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from medsynth.cli import COMMANDS
+
 
 def main() -> int:
     """Dispatch ``train``, ``convert``, ``eval``, ``enhance``, ``serve``, ``demo``."""
-    from medsynth import cli
-
-    commands = {"train": cli.train_main, "convert": cli.convert_main}
-    optional = {"eval": ("medsynth.evaluation", "main"), "enhance": ("medsynth.enhance", "main"),
-                "serve": ("medsynth.server", "main"), "demo": ("medsynth.cli", "demo_main")}
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(f"usage: python -m medsynth {{{','.join(list(commands) + list(optional))}}} ...")
+        print(f"usage: python -m medsynth {{{','.join(COMMANDS)}}} ...")
         return 0 if len(sys.argv) >= 2 else 2
     name, argv = sys.argv[1], sys.argv[2:]
-    if name in commands:
-        return commands[name](argv)
-    if name in optional:
-        import importlib
-
-        module, attr = optional[name]
-        return getattr(importlib.import_module(module), attr)(argv)
+    if name in COMMANDS:
+        return COMMANDS[name](argv)
     print(f"error: {name}: unknown command", file=sys.stderr)
     return 2
 

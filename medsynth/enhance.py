@@ -10,31 +10,34 @@ Example:
     >>> out = enhance(xray, config, value_range=(0, 65535))              # doctest: +SKIP
     >>> image_stats(out, value_range=(0, 65535))["edge_strength"]        # doctest: +SKIP
 
-The same chain is a MONAI transform (:class:`Enhance`, :class:`Enhanced`) for training pipelines, and a
-command, ``medsynth-enhance INPUT OUTPUT --steps clahe,denoise,sharpen``.
+The same chain is a MONAI transform (:class:`Enhance`, :class:`Enhanced`) for training pipelines, a file
+function (:func:`enhance_file`), and a command, ``medsynth-enhance INPUT OUTPUT --steps clahe,denoise,sharpen``
+(:mod:`medsynth.cli.enhance`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
-from medsynth.cli import exit_on_error
-from medsynth.errors import InputError
 
-__all__ = ["STEPS", "EnhanceConfig", "Enhance", "Enhanced", "enhance", "image_stats", "noise_sigma", "parse_steps",
-           "write_preview", "main"]
+from medsynth.errors import InputError
+from medsynth.image2d import write_image2d
+from medsynth.io import load_image, save_like, stem_of, suffix_of
+from medsynth.pictures import write_before_after
+
+# scikit-image, SciPy, SimpleITK and MONAI are imported inside the steps that use them: the command line imports
+# this module for its parsers (STEPS and the method names), and --help must stay instant.
+
+__all__ = ["STEPS", "EnhanceConfig", "Enhance", "Enhanced", "enhance", "enhance_file", "image_stats", "noise_sigma",
+           "parse_steps", "preview_path"]
 
 STEPS: tuple[str, ...] = ("histeq", "clahe", "denoise", "sharpen", "gamma")
 DENOISE_METHODS: tuple[str, ...] = ("nlmeans", "bilateral", "curvature")
 SHARPEN_METHODS: tuple[str, ...] = ("unsharp", "laplacian")
-OUTPUT_FORMATS: tuple[str, ...] = ("same", "png", "jpg", "tif", "dcm", "nii.gz")
 
 # Bins of the histogram steps: 8-bit data gets one bin per grey level; deeper data more bins, so that
 # equalisation does not merge levels 8-bit would merge. CLAHE uses fewer (its tiles hold few pixels).
@@ -344,147 +347,54 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# --------------------------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------------------------- files
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="medsynth-enhance",
-        description="Enhance 2-D X-rays (PNG, JPEG, TIFF, DICOM) with a chain of classical filters. Prints one "
-                    "JSON line per image with contrast, entropy and edge strength before and after.",
-    )
-    p.add_argument("input", help="image file, or a folder (searched recursively)")
-    p.add_argument("output", help="output file; its suffix picks the format (.png .jpg .tif .dcm .nii.gz); "
-                                  "a folder when INPUT is a folder")
-    p.add_argument("--steps", default="clahe", help=f"comma-separated, applied in order: {', '.join(STEPS)} "
-                                                     "(default: clahe)")
-    p.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit (default 0.01)")
-    p.add_argument("--clahe-tile", type=int, default=None, help="CLAHE tile size in pixels (default 1/8 image)")
-    p.add_argument("--denoise-method", default="nlmeans", choices=DENOISE_METHODS)
-    p.add_argument("--denoise-strength", type=float, default=1.0, help="multiple of the estimated noise level")
-    p.add_argument("--sharpen-method", default="unsharp", choices=SHARPEN_METHODS)
-    p.add_argument("--sharpen-amount", type=float, default=1.0)
-    p.add_argument("--sharpen-radius", type=float, default=2.0, help="unsharp-mask radius in pixels")
-    p.add_argument("--gamma", type=float, default=0.8)
-    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
-                   help="bits of PNG/TIFF/DICOM output (default: the input's); NIfTI is always float32")
-    p.add_argument("--format", default="same", choices=OUTPUT_FORMATS,
-                   help="output format for folder input (default: each input's own)")
-    p.add_argument("--preview", action="store_true",
-                   help="also write <output stem>_preview.png: before | after, 8-bit")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    return p
-
-
-def _output_name(name: str, fmt: str) -> str:
-    from medsynth.io import stem_of
-
-    return name if fmt == "same" else f"{stem_of(name)}.{fmt}"
-
-
-def _plan(source: Path, target: Path, fmt: str) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: one file, or a folder mirrored into the output folder."""
-    from medsynth.io import find_files
-
-    if source.is_dir():
-        if target.exists() and not target.is_dir():
-            raise InputError(target, "INPUT is a folder, so OUTPUT must be a folder, not a file")
-        files = find_files([source], what="image2d")
-        return [(f, target / f.relative_to(source).parent / _output_name(f.name, fmt)) for f in files]
-    if not source.exists():
-        raise InputError(source, "no such file or folder")
-    if target.is_dir():
-        return [(source, target / _output_name(source.name, fmt))]
-    return [(source, target)]
-
-
-def _preview_path(output: Path) -> Path:
-    from medsynth.io import stem_of
-
+def preview_path(output: str | Path) -> Path:
+    """Where :func:`enhance_file` writes the preview of ``output``: ``<output stem>_preview.png`` beside it."""
+    output = Path(output)
     return output.with_name(f"{stem_of(output)}_preview.png")
 
 
-def write_preview(path: Path, before: np.ndarray, after: np.ndarray, value_range: tuple[float, float],
-                  max_rows: int = 1024) -> Path:
-    """Write an 8-bit PNG: ``before | after``, both windowed by ``value_range``, labelled, atomically."""
-    from PIL import Image, ImageDraw, ImageFont
-    from skimage.transform import resize
+def enhance_file(source: str | Path, output: str | Path, config: EnhanceConfig | Sequence[str] | str,
+                 bit_depth: int | None = None, preview: bool = False) -> dict[str, Any]:
+    """Enhance one 2-D image file into ``output``, whose suffix picks the format; replaces ``output``.
 
-    from medsynth.image2d import atomic_path
+    Args:
+        source: PNG, JPEG, TIFF or DICOM file.
+        output: ``.png``, ``.jpg``, ``.tif``, ``.dcm`` (written with the input's metadata) or ``.nii``/``.nii.gz``
+            (float32, the input's geometry).
+        config: an :class:`EnhanceConfig`, or just the steps.
+        bit_depth: 8 or 16 bits for PNG/TIFF/DICOM output; None keeps the input's.
+        preview: also write :func:`preview_path` (``before | after``, 8-bit, see
+            :func:`medsynth.pictures.write_before_after`).
 
-    lo, hi = value_range
-    scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    tiles = []
-    for a in (before, after):
-        a = np.asarray(a, dtype=np.float64)
-        if a.shape[0] > max_rows:
-            a = resize(a, (max_rows, round(a.shape[1] * max_rows / a.shape[0])), anti_aliasing=True,
-                       preserve_range=True)
-        tiles.append(np.clip((a - lo) * scale, 0, 255).astype(np.uint8))
-    gap = np.full((tiles[0].shape[0], 8), 128, np.uint8)
-    canvas = Image.fromarray(np.concatenate([tiles[0], gap, tiles[1]], axis=1))
-    draw = ImageDraw.Draw(canvas)
-    try:  # a scalable font where Pillow has FreeType, so the labels are readable on large images
-        font = ImageFont.load_default(size=max(10, tiles[0].shape[0] // 40))
-    except (TypeError, OSError, ImportError):
-        font = ImageFont.load_default()
-    for x, label in ((4, "before"), (tiles[0].shape[1] + 12, "after")):
-        box = draw.textbbox((x + 3, 3), label, font=font)
-        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=0)
-        draw.text((x + 3, 3), label, fill=255, font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
+    Returns:
+        The record ``medsynth-enhance`` prints: ``input``, ``output``, ``steps``, ``before`` and ``after``
+        (:func:`image_stats` on the input's value range), ``preview`` (when written) and ``seconds``.
 
-
-@exit_on_error
-def main(argv: Sequence[str] | None = None) -> int:
-    """``medsynth-enhance INPUT OUTPUT [--steps clahe,denoise,sharpen] ...``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    from tqdm import tqdm
-
-    from medsynth.image2d import format_of, write_image2d
-    from medsynth.io import check_output, load_image, save_like, suffix_of
-
-    config = EnhanceConfig(
-        steps=args.steps, clahe_clip=args.clahe_clip, clahe_tile=args.clahe_tile,
-        denoise_method=args.denoise_method, denoise_strength=args.denoise_strength,
-        sharpen_method=args.sharpen_method, sharpen_amount=args.sharpen_amount,
-        sharpen_radius=args.sharpen_radius, gamma=args.gamma,
-    )
-    source, target = Path(args.input), Path(args.output)
-    plan = _plan(source, target, args.format)
-    for src, out in plan:  # refuse before any work is done
-        if format_of(out) is None and suffix_of(out) not in (".nii", ".nii.gz"):
-            raise InputError(out, "unsupported output type; use .png, .jpg, .tif, .dcm, .nii or .nii.gz")
-        if format_of(out) == "jpeg" and args.bit_depth == 16:
-            raise InputError(out, "JPEG stores 8 bits; use .png or .tif for 16-bit output")
-        check_output(out, [src], args.overwrite)
-        if args.preview:
-            check_output(_preview_path(out), [src], args.overwrite)
-
-    for src, out in tqdm(plan, desc="enhance", unit="image", disable=len(plan) < 2, file=sys.stderr):
-        started = time.perf_counter()
-        image = load_image(src)
-        if image.format != "image2d":
-            raise InputError(src, "not a 2-D image (medsynth-enhance takes PNG, JPEG, TIFF or DICOM)")
-        meta = image.native
-        before = image.array[:, :, 0]
-        after = enhance(before, config, value_range=meta.value_range)
-        if suffix_of(out) in (".nii", ".nii.gz"):
-            save_like(image, after[:, :, None], out, overwrite=True)
-        else:
-            write_image2d(out, after, meta, bit_depth=args.bit_depth)
-        record: dict[str, Any] = {
-            "input": str(src), "output": str(out), "steps": list(config.steps),
-            "before": image_stats(before, meta.value_range), "after": image_stats(after, meta.value_range),
-        }
-        if args.preview:
-            record["preview"] = str(write_preview(_preview_path(out), before, after, meta.value_range))
-        record["seconds"] = round(time.perf_counter() - started, 3)
-        print(json.dumps(record), flush=True)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    Raises:
+        InputError: ``source`` is unreadable or not a 2-D image.
+    """
+    if not isinstance(config, EnhanceConfig):
+        config = EnhanceConfig(steps=config)
+    source, output = Path(source), Path(output)
+    started = time.perf_counter()
+    image = load_image(source)
+    if image.format != "image2d":
+        raise InputError(source, "not a 2-D image (medsynth-enhance takes PNG, JPEG, TIFF or DICOM)")
+    meta = image.native
+    before = image.array[:, :, 0]
+    after = enhance(before, config, value_range=meta.value_range)
+    if suffix_of(output) in (".nii", ".nii.gz"):
+        save_like(image, after[:, :, None], output, overwrite=True)
+    else:
+        write_image2d(output, after, meta, bit_depth=bit_depth)
+    record: dict[str, Any] = {
+        "input": str(source), "output": str(output), "steps": list(config.steps),
+        "before": image_stats(before, meta.value_range), "after": image_stats(after, meta.value_range),
+    }
+    if preview:
+        record["preview"] = str(write_before_after(preview_path(output), before, after, meta.value_range))
+    record["seconds"] = round(time.perf_counter() - started, 3)
+    return record

@@ -1,4 +1,4 @@
-"""Image-fidelity metrics for translated volumes, the classical baseline, and evaluation reports.
+"""Image-fidelity metrics for translated volumes, the classical baseline, and :func:`evaluate` (a report).
 
 Definitions (used everywhere in medsynth, including validation during training):
 
@@ -20,6 +20,9 @@ Definitions (used everywhere in medsynth, including validation during training):
 * **Baseline** (:func:`baseline_translate`): the normalised source inverted and histogram-matched to the
   reference inside the mask. Every report shows it, so a model's score reads as a margin above it.
 
+Files are paired into cases and the report tables written by :mod:`medsynth.report` (``pair_cases`` and
+``case_id`` are re-exported here); the figures are drawn by :mod:`medsynth.pictures`.
+
 Example:
     >>> from medsynth.evaluation import masked_metrics
     >>> masked_metrics(pred_array, ref_array, mask)        # doctest: +SKIP
@@ -28,21 +31,19 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io as _stdio
-import json
 import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from medsynth.cli import exit_on_error
 from medsynth.errors import InputError
-from medsynth.files import write_atomic
+from medsynth.io import find_files, load_image
+from medsynth.pictures import write_case_figure
+from medsynth.report import CasePair, case_id, format_table, pair_cases, write_tables
 
 __all__ = [
     "HU_RANGE",
@@ -53,12 +54,12 @@ __all__ = [
     "evaluate",
     "foreground_mask",
     "format_table",
-    "main",
     "masked_metrics",
     "normalise_in_mask",
     "pair_cases",
     "ssim_map",
 ]
+
 
 HU_RANGE: tuple[float, float] = (-1024.0, 3000.0)  # SynthRAD clip range; data range 4024 HU
 CT_THRESHOLD_HU = -500.0  # below this a reference is taken to be CT in HU; above it is body
@@ -101,6 +102,7 @@ def foreground_mask(x: np.ndarray) -> np.ndarray:
     for fill in (0.0, lowest):
         if np.count_nonzero(x == fill) >= 0.1 * x.size:
             return x > fill
+    # scipy and scikit-image (~0.5 s) are imported where used, so importing the metrics stays cheap
     from scipy.ndimage import binary_fill_holes
     from skimage.filters import threshold_otsu
 
@@ -169,7 +171,7 @@ def ssim_map(
     Returns:
         float32 array with the shape of ``x``.
     """
-    from scipy.ndimage import correlate1d
+    from scipy.ndimage import correlate1d  # heavy: see foreground_mask
 
     x = _as_numpy(x)
     y = _as_numpy(y)
@@ -311,7 +313,7 @@ def baseline_translate(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) ->
     Returns:
         float32 array in the reference's intensity units.
     """
-    from skimage.exposure import match_histograms
+    from skimage.exposure import match_histograms  # heavy: see foreground_mask
 
     source = _as_numpy(source)
     ref = _as_numpy(ref).astype(np.float32, copy=False)
@@ -327,134 +329,6 @@ def baseline_translate(source: np.ndarray, ref: np.ndarray, mask: np.ndarray) ->
     return out
 
 
-# ------------------------------------------------------------------------------------------- file pairing
-
-# Words that name a contrast, a role or a direction rather than a case.
-_ROLE_WORDS = (
-    "t1", "t2", "t1w", "t2w", "t1c", "t1ce", "t1gd", "t1n", "t2f", "flair", "pd", "pdw", "ct", "cbct", "sct",
-    "mr", "mri", "source", "src", "input", "in", "pred", "prediction", "translated", "translation", "synth",
-    "synthetic", "fake", "output", "out", "ref", "reference", "target", "gt", "real", "mask", "brainmask",
-    "body", "image", "img", "vol", "volume",
-)  # fmt: skip
-_DIRECTION = r"[a-z0-9]+[-_]to[-_][a-z0-9]+"
-_TRAILING_ROLE = re.compile(rf"[-_.](?:{_DIRECTION}|{'|'.join(_ROLE_WORDS)})$", re.IGNORECASE)
-_WHOLE_ROLE = re.compile(rf"^(?:{_DIRECTION}|{'|'.join(_ROLE_WORDS)})$", re.IGNORECASE)
-
-
-def case_id(path: str | Path) -> str:
-    """The case a file belongs to, from its name.
-
-    Rule: drop the image extension; then repeatedly drop a trailing ``_word``, ``-word`` or ``.word``
-    where *word* names a contrast, role or direction (t1, t2, t1w, flair, ct, pred, ref, mask,
-    t1-to-t2, ...). What remains is the case; if nothing remains (the file is just ``t2.nii.gz``), the
-    case is the name of the folder holding it. So ``BraTS-001_t2.nii.gz``, ``BraTS-001_t1-to-t2.nii.gz``
-    and ``BraTS-001/t2.nii.gz`` all belong to case ``BraTS-001``. Cases are compared ignoring upper/lower
-    case.
-
-    Args:
-        path: image file.
-
-    Returns:
-        The case name.
-    """
-    from medsynth.io import stem_of
-
-    path = Path(path)
-    name = stem_of(path)
-    if _WHOLE_ROLE.match(name):
-        return path.parent.name or name
-    while True:
-        shorter = _TRAILING_ROLE.sub("", name)
-        if shorter == name or not shorter:
-            break
-        name = shorter
-    return name
-
-
-def _index(files: Sequence[Path], what: str) -> dict[str, Path]:
-    index: dict[str, Path] = {}
-    for f in files:
-        key = case_id(f).casefold()
-        if key in index:
-            raise InputError(
-                f,
-                f"{what} for case '{case_id(f)}' given twice (also {index[key]}); "
-                "pass one file per case, e.g. a glob like 'data/*/t2.nii.gz'",
-            )
-        index[key] = f
-    return index
-
-
-class CasePair(NamedTuple):
-    """The files of one case; a plain tuple ``(case, pred, ref, source, mask)`` too."""
-
-    case: str
-    pred: Path
-    ref: Path
-    source: Path | None
-    mask: Path | None
-
-
-def pair_cases(
-    pred_files: Sequence[str | Path],
-    ref_files: Sequence[str | Path],
-    source_files: Sequence[str | Path] | None = None,
-    mask_files: Sequence[str | Path] | None = None,
-) -> list[CasePair]:
-    """Pair predictions with references (and sources, masks) by case name (:func:`case_id`).
-
-    A single prediction with a single reference is paired whatever their names (same for a single
-    source or mask). Otherwise every prediction needs exactly one reference, source (when sources are
-    given) and mask (when masks are given) of its case; references without a prediction are ignored.
-
-    Args:
-        pred_files: predicted images.
-        ref_files: reference images.
-        source_files: source images the predictions were translated from, or None.
-        mask_files: mask images, or None.
-
-    Returns:
-        ``[CasePair(case, pred, ref, source or None, mask or None), ...]`` in the order of ``pred_files``.
-
-    Raises:
-        InputError: no files, a case given twice, or a prediction without its reference/source/mask.
-    """
-    preds = [Path(p) for p in pred_files]
-    if not preds:
-        raise InputError("--pred", "no prediction files")
-    refs = [Path(p) for p in ref_files]
-    if not refs:
-        raise InputError("--ref", "no reference files")
-    _index(preds, "prediction")  # duplicates among predictions are an error too
-
-    def lookup(files: Sequence[str | Path] | None, what: str) -> list[Path | None]:
-        if files is None:
-            return [None] * len(preds)
-        paths = [Path(f) for f in files]
-        if not paths:
-            raise InputError(f"--{what}", f"no {what} files")
-        if len(paths) == 1 and len(preds) == 1:
-            return [paths[0]]
-        index = _index(paths, what)
-        found: list[Path | None] = []
-        for p in preds:
-            match = index.get(case_id(p).casefold())
-            if match is None:
-                raise InputError(
-                    p, f"no {what} file for case '{case_id(p)}' among {len(paths)} {what} file(s)"
-                )
-            found.append(match)
-        return found
-
-    refs_found = lookup(refs, "reference")
-    sources = lookup(source_files, "source")
-    masks = lookup(mask_files, "mask")
-    return [
-        CasePair(case_id(p), p, r, s, m)  # type: ignore[arg-type]
-        for p, r, s, m in zip(preds, refs_found, sources, masks)
-    ]
-
-
 # ---------------------------------------------------------------------------------------------- file I/O
 
 
@@ -462,8 +336,6 @@ def _find(sources: Sequence[str | Path] | str | Path | None) -> list[Path] | Non
     """Files from paths, folders (recursive) and globs; volumes and 2D images alike."""
     if sources is None:
         return None
-    from medsynth.io import find_files
-
     return find_files(sources, what="any")
 
 
@@ -471,8 +343,6 @@ def _load(path: Path, allow_constant: bool = False) -> tuple[np.ndarray, np.ndar
     """(float32 array (I, J, K), voxel-to-RAS affine); InputError for anything unreadable or invalid.
 
     Masks and predictions may be constant (an all-ones mask, a collapsed model being scored)."""
-    from medsynth.io import load_image
-
     image = load_image(path, allow_constant=allow_constant)
     return np.asarray(image.array, dtype=np.float32), np.asarray(image.affine, dtype=float)
 
@@ -537,131 +407,12 @@ def _score_case(
     return row, arrays
 
 
-def _numeric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    cols: list[str] = []
-    for row in rows:
-        for k, v in row.items():
-            if k not in cols and k not in ("ct", "mask_voxels") and isinstance(v, float):
-                cols.append(k)
-    return cols
-
-
-def _means(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    means: dict[str, float] = {}
-    for col in _numeric_columns(rows):
-        vals = [r[col] for r in rows if isinstance(r.get(col), float) and not math.isnan(r[col])]
-        with np.errstate(invalid="ignore"):  # inf and -inf (PSNR gains of perfect cases) mean nan
-            means[col] = float(np.mean(vals)) if vals else math.nan
-    return means
-
-
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The metrics table as printed by ``medsynth-eval``: one line per case and a mean line."""
-    cols = _numeric_columns(rows)
-    means = _means(rows)
-    width = max([4, *(len(str(r["case"])) for r in rows)])
-    widths = {c: max(len(c), 8) + 2 for c in cols}
-    header = f"{'case':<{width}}" + "".join(f"{c:>{widths[c]}}" for c in cols)
-    lines = [header, "-" * len(header)]
-
-    def fmt(col: str, v: float | None) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return f"{'-':>{widths[col]}}"
-        digits = 4 if col.endswith(("ssim", "mae", "ssim_hu")) else 2
-        return f"{v:>{widths[col]}.{digits}f}"
-
-    for r in rows:
-        lines.append(f"{str(r['case']):<{width}}" + "".join(fmt(c, r.get(c)) for c in cols))
-    lines.append("-" * len(header))
-    lines.append(f"{'mean':<{width}}" + "".join(fmt(c, means[c]) for c in cols))
-    return "\n".join(lines)
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON has no inf/nan: write them as null (PSNR of identical images is infinite)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_tables(rows: Sequence[dict[str, Any]], out_dir: Path, arguments: dict[str, Any]) -> None:
-    columns: list[str] = []
-    for r in rows:
-        columns.extend(k for k in r if k not in columns)
-    buf = _stdio.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-    writer.writerow({"case": "mean", **_means(rows)})
-    write_atomic(out_dir / "metrics.csv", buf.getvalue().encode())
-
-    report = {
-        "arguments": arguments,
-        "definitions": {
-            "mask": "given mask, else reference foreground (and source foreground when a source is given); "
-            "CT: reference > -500 HU",
-            "psnr": "10*log10(1/MSE) in the mask after normalising each image to [0,1] by its 0.5/99.5 "
-            "percentiles in the mask; null = infinite (identical images)",
-            "ssim": "3D SSIM map (Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 1) "
-            "averaged over the mask, normalised images",
-            "mae": "mean absolute error in the mask, normalised images",
-            "ct": "mae_hu/psnr_hu/ssim_hu: SynthRAD, clip to [-1024, 3000] HU, data range 4024",
-            "baseline": "normalised source inverted and histogram-matched to the reference in the mask",
-        },
-        "cases": list(rows),
-        "mean": _means(rows),
-    }
-    text = json.dumps(_json_safe(report), indent=2, allow_nan=False)
-    write_atomic(out_dir / "metrics.json", (text + "\n").encode())
-
-
 # ----------------------------------------------------------------------------------------------- figures
-
-
-def _to_ras(arr: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Array reoriented to RAS (for display only) and its voxel sizes in that order."""
-    import nibabel.orientations as nio
-
-    ornt = nio.io_orientation(affine)
-    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    spacing = np.where(spacing > 0, spacing, 1.0)
-    ras = nio.apply_orientation(arr, ornt)
-    return ras, spacing[np.argsort(ornt[:, 0].astype(int))]
-
-
-def _slices(vol: np.ndarray, centre: Sequence[int]) -> list[tuple[str, np.ndarray, int, int, str]]:
-    """Views of a RAS volume through ``centre``: (name, 2D slice, horizontal axis, vertical axis, origin).
-
-    Volumes give axial, coronal and sagittal slices in radiological convention (the patient's right on
-    the viewer's left); a 2D image (I, J, 1) gives itself, rows downwards, as it is stored.
-    """
-    if vol.shape[2] == 1:
-        return [("image", vol[:, :, 0], 1, 0, "upper")]
-    i, j, k = centre
-    return [
-        ("axial", vol[::-1, :, k].T, 0, 1, "lower"),
-        ("coronal", vol[::-1, j, :].T, 0, 2, "lower"),
-        ("sagittal", vol[i, ::-1, :].T, 1, 2, "lower"),
-    ]
 
 
 def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> None:
     """PNG with rows axial/coronal/sagittal through the mask centre and columns of images and errors."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mask = arrays["mask"]
-    if mask.ndim == 2:
-        arrays = {k: (v[..., None] if isinstance(v, np.ndarray) and v.ndim == 2 else v) for k, v in arrays.items()}
-        mask = arrays["mask"]
-    affine = arrays["affine"]
     ref_n = normalise_in_mask(arrays["ref"], mask)
     pred_n = normalise_in_mask(arrays["pred"], mask)
     panels: list[tuple[str, np.ndarray, str]] = []
@@ -675,38 +426,6 @@ def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> No
     if arrays["baseline"] is not None:
         base_n = normalise_in_mask(arrays["baseline"], mask)
         panels += [("baseline", base_n, "gray"), ("|baseline - reference|", np.abs(base_n - ref_n) * mask, "inferno")]
-
-    mask_ras, spacing = _to_ras(mask.astype(np.float32), affine)
-    centre = [int(round(c)) for c in np.argwhere(mask_ras > 0).mean(axis=0)]
-    views = [_slices(_to_ras(p[1], affine)[0], centre) for p in panels]
-    n_rows, n_cols = len(views[0]), len(panels)
-    # Row heights follow each view's physical height/width, so no row is mostly white space.
-    heights = [
-        float(np.clip(sl.shape[0] * spacing[v] / (sl.shape[1] * spacing[h]), 0.3, 3.0))
-        for _, sl, h, v, _ in views[0]
-    ]
-    fig = plt.figure(figsize=(2.3 * n_cols + 0.7, 2.3 * sum(heights) + 0.3 * n_rows + 0.9))
-    # A narrow last column holds one colour bar: every error panel uses the same 0-0.5 scale.
-    grid = fig.add_gridspec(n_rows, n_cols + 1, width_ratios=[1.0] * n_cols + [0.05], height_ratios=heights)
-    error_image = None
-    for c, ((title, _, cmap), panel_views) in enumerate(zip(panels, views)):
-        for r, (view, sl, h_axis, v_axis, origin) in enumerate(panel_views):
-            ax = fig.add_subplot(grid[r, c])
-            vmax = 0.5 if cmap == "inferno" else 1.0
-            im = ax.imshow(sl, cmap=cmap, vmin=0.0, vmax=vmax, origin=origin, interpolation="nearest",
-                           aspect=float(spacing[v_axis] / spacing[h_axis]))  # fmt: skip
-            if cmap == "inferno":
-                error_image = im
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(view, fontsize=9)
-    if error_image is not None:
-        cbar = fig.colorbar(error_image, cax=fig.add_subplot(grid[:, -1]))
-        cbar.ax.tick_params(labelsize=7)
-        cbar.set_label("absolute error (normalised)", fontsize=8)
     title = f"{row['case']}   PSNR {row['psnr']:.2f} dB   SSIM {row['ssim']:.3f}   MAE {row['mae']:.3f}"
     if "mae_hu" in row:
         title += f"   MAE {row['mae_hu']:.0f} HU"
@@ -714,15 +433,7 @@ def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> No
         title += f"\nbaseline: PSNR {row['baseline_psnr']:.2f} dB   SSIM {row['baseline_ssim']:.3f}"
         gain = row["psnr_gain"]
         title += f"   (model {abs(gain):.2f} dB {'below' if gain < 0 else 'above'} baseline)"
-    fig.suptitle(title, fontsize=10)
-    view = "as stored" if mask.shape[2] == 1 else "radiological view"
-    fig.text(0.5, 0.005, f"intensities normalised to [0, 1] in the mask; errors on 0-0.5; {view}",
-             ha="center", fontsize=7, color="0.4")  # fmt: skip
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    write_case_figure(path, panels, mask, arrays["affine"], title)
 
 
 def _safe_name(case: str) -> str:
@@ -758,8 +469,6 @@ def evaluate(
     Raises:
         InputError: unreadable files, unpaired cases, shape mismatches, empty masks.
     """
-    from tqdm import tqdm
-
     cases = pair_cases(_find(pred) or [], _find(ref) or [], _find(source), _find(mask))
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -783,48 +492,6 @@ def evaluate(
         }
         if argv is not None:
             arguments["argv"] = ["medsynth-eval", *argv]
-        _write_tables(rows, out, arguments)
+        write_tables(rows, out, arguments)
     return rows
 
-
-# -------------------------------------------------------------------------------------------------- CLI
-
-
-@exit_on_error
-def main(argv: Sequence[str] | None = None) -> int:
-    """``medsynth-eval``: print a metrics table, and write a report folder with ``--out``."""
-    parser = argparse.ArgumentParser(
-        prog="medsynth-eval",
-        description="Score translated images against references: PSNR, SSIM and MAE inside a mask "
-        "(SynthRAD HU metrics too for CT), and the classical baseline when --source is given. "
-        "Files are paired by case name: 'BraTS-001_t2.nii.gz' and 'BraTS-001/t2.nii.gz' are case BraTS-001.",
-    )
-    parser.add_argument("--pred", nargs="+", required=True, metavar="SRC", help="predictions: files, folders, globs")
-    parser.add_argument("--ref", nargs="+", required=True, metavar="SRC", help="references of the target contrast")
-    parser.add_argument("--source", nargs="+", metavar="SRC", help="source images: also score the baseline")
-    parser.add_argument("--mask", nargs="+", metavar="SRC", help="masks (default: reference & source foreground)")
-    parser.add_argument("--out", metavar="REPORT_DIR", help="write metrics.csv, metrics.json and a PNG per case")
-    parser.add_argument(
-        "--ct",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="target is CT in HU: add SynthRAD HU metrics (default: detect, reference below -500)",
-    )
-    args = parser.parse_args(argv)
-    rows = evaluate(
-        args.pred,
-        args.ref,
-        source=args.source,
-        mask=args.mask,
-        out_dir=args.out,
-        ct=args.ct,
-        argv=list(sys.argv[1:] if argv is None else argv),
-    )
-    print(format_table(rows))
-    if args.out:
-        print(f"report: {Path(args.out) / 'metrics.csv'}, metrics.json and {len(rows)} PNG(s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

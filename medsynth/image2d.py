@@ -32,6 +32,9 @@ import numpy as np
 from medsynth.errors import InputError
 from medsynth.files import atomic_path
 
+# Pillow, tifffile, pydicom, SimpleITK and scikit-image are imported by the readers and writers that use them:
+# every command's parser imports this module (through medsynth.io), and --help must stay instant.
+
 IMAGE2D_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
 _FORMAT_OF_SUFFIX = {

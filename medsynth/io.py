@@ -18,8 +18,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from medsynth.errors import InputError
-from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom, is_image2d
+from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom, is_image2d, read_image2d, write_image2d
 from medsynth.image2d import natural_sort_key as natural_key
+
+# nibabel and SimpleITK (~0.5 s each) are imported by the readers and writers that use them, so that the
+# command-line parsers, which import this module, stay instant.
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -228,8 +231,6 @@ def _load_itk(path: Path) -> Image:
 
 
 def _load_image2d(path: Path) -> Image:
-    from medsynth.image2d import read_image2d
-
     pixels, meta = read_image2d(path)
     row, col = meta.spacing
     # rows along I and columns along J keeps the picture as it is when a 2D domain takes "axial" slices
@@ -352,8 +353,6 @@ def _write_itk(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> No
 
 
 def _write_image2d(ref: Image, array: np.ndarray, path: Path) -> None:
-    from medsynth.image2d import write_image2d
-
     if ref.format != "image2d":
         raise InputError(path, "a volume cannot be written as a 2D image; use .nii.gz, .nrrd or .mha")
     write_image2d(path, array[:, :, 0], ref.native)

@@ -1,4 +1,4 @@
-"""HTTP inference server (``medsynth-serve``) and a standard-library client for it.
+"""HTTP inference server (``medsynth-serve``); its standard-library client is :mod:`medsynth.client`.
 
 A GPU box loads its models once and translates volumes sent by 3D Slicer, scripts or pipelines:
 
@@ -20,51 +20,44 @@ file name only selects one of the accepted suffixes), the size limit is enforced
 removed after the answer, whatever happened. Translations run one at a time per worker, in arrival order, from a
 bounded queue; when it is full the answer is 503 with ``Retry-After``.
 
-FastAPI is optional at import time and the client half uses the standard library only, so :func:`remote_translate`
-works in Slicer's Python without FastAPI, httpx or requests.
+FastAPI is optional at import time (the ``[server]`` extra); :func:`medsynth.client.remote_translate` needs only
+the standard library, so it works in Slicer's Python without FastAPI, httpx or requests. The command line is
+:mod:`medsynth.cli.serve`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import contextlib
 import gzip
 import hmac
-import json
 import logging
 import math
-import os
 import re
 import shutil
-import socket
-import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
-from medsynth.cli import exit_on_error
+import torch
+
+from medsynth.client import SUFFIXES, match_suffix, safe_stem
 from medsynth.errors import InputError
+from medsynth.inference import Translator
 
 try:
     # Module level because FastAPI resolves the routes' string annotations in this module's globals. Optional
-    # because the client half (remote_translate) must import in Slicer's Python, which has no FastAPI.
+    # (the [server] extra): without it this module still imports, and create_app says what to install.
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
 except ImportError:  # pragma: no cover - client-only installs
     FastAPI = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("medsynth.server")
 
-#: File suffixes accepted for upload, longest first so ``.nii.gz`` wins over ``.nii``. Header/data pairs
-#: (``.mhd``, ``.nhdr``) are left out: one upload is one file.
-SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 AXES: tuple[str, ...] = ("axial", "coronal", "sagittal", "all")
 FUSES: tuple[str, ...] = ("mean", "median")
 DTYPES: tuple[str, ...] = ("float32", "input")
@@ -76,24 +69,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# helpers shared by server and client
-
-
-def match_suffix(name: str) -> str | None:
-    """Return the accepted suffix that ``name`` ends with (case-insensitive), or None."""
-    lower = name.lower()
-    for suffix in SUFFIXES:
-        if lower.endswith(suffix) and len(lower) > len(suffix):
-            return suffix
-    return None
-
-
-def _safe_stem(name: str, suffix: str | None) -> str:
-    """A file-name-safe stem for messages and Content-Disposition; never used as a path."""
-    base = re.split(r"[\\/]", name)[-1]
-    if suffix and base.lower().endswith(suffix):
-        base = base[: -len(suffix)]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:100] or "volume"
+# model names
 
 
 def model_name(path: str | Path) -> str:
@@ -142,6 +118,26 @@ def _name_models(models: Mapping[str, str | Path | None] | Sequence[str | Path] 
         name = model_name(raw if Path(raw).is_dir() else path)
         if name in named:
             raise InputError(raw, f"model name {name!r} is already used by {named[name]}; name it with NAME=PATH")
+        named[name] = path
+    return named
+
+
+def parse_model_specs(values: Sequence[str] | None) -> dict[str, Path | None]:
+    """``medsynth-serve --model`` values, ``PATH`` or ``NAME=PATH``, to ``{name: path}``; raises InputError.
+
+    Checked before anything loads, so that a typo fails at once."""
+    if not values:
+        return {}
+    named: dict[str, Path | None] = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if sep and not Path(value).exists() and _NAME_RE.match(name):
+            path = resolve_model_path(rest)
+        else:
+            path = resolve_model_path(value)
+            name = model_name(value if Path(value).is_dir() else path)
+        if name in named:
+            raise InputError(value, f"model name {name!r} is already used by {named[name]}; name it with NAME=PATH")
         named[name] = path
     return named
 
@@ -287,7 +283,7 @@ class _Upload:
         self._field = self._value = b""
 
     def _headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
+        from python_multipart.multipart import parse_options_header  # the optional [server] extra
 
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         if options.get(b"name") != b"file":
@@ -297,9 +293,9 @@ class _Upload:
         name = options.get(b"filename", b"").decode("utf-8", errors="replace")
         suffix = match_suffix(name)
         if suffix is None:
-            shown = _safe_stem(name, None) if name else "the 'file' field"
+            shown = safe_stem(name, None) if name else "the 'file' field"
             raise _Reject(400, f"{shown}: not a supported image file; send one of {', '.join(SUFFIXES)}")
-        self.client_name = _safe_stem(name, suffix) + suffix
+        self.client_name = safe_stem(name, suffix) + suffix
         self.suffix = suffix
         self.path = self.folder / f"input{suffix}"
         self._file = open(self.path, "wb")
@@ -327,6 +323,7 @@ class _Upload:
 
 async def _receive_upload(request: Any, folder: Path, limit: int) -> _Upload:
     """Read the request body into ``folder``; raises _Reject for every kind of bad upload."""
+    # python-multipart: the optional [server] extra, like FastAPI
     from python_multipart import MultipartParser
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import parse_options_header
@@ -394,8 +391,6 @@ def _scrub(message: str, in_path: Path, client_name: str) -> str:
 
 def _empty_cuda_cache() -> None:
     try:
-        import torch
-
         torch.cuda.empty_cache()
     except Exception:  # pragma: no cover - best effort only
         pass
@@ -409,8 +404,6 @@ def _thread_setup(threads: int | None) -> Callable[[], None] | None:
         raise ValueError("threads must be >= 1")
 
     def setup() -> None:
-        import torch
-
         torch.set_num_threads(threads)
 
     return setup
@@ -562,13 +555,9 @@ def create_app(
     Raises:
         InputError: a model path is missing or not a medsynth model.
     """
-    import contextlib
-
     if FastAPI is None:
         raise ImportError("medsynth-serve needs FastAPI and uvicorn: pip install 'medsynth[server]'")
-    from starlette.responses import FileResponse
-
-    from medsynth.inference import Translator
+    from starlette.responses import FileResponse  # part of FastAPI, the optional [server] extra
 
     if max_upload_mb <= 0:
         raise ValueError("max_upload_mb must be positive")
@@ -686,7 +675,7 @@ def create_app(
             if future is None:
                 raise busy()
             await asyncio.wrap_future(future)
-            stem = _safe_stem(upload.client_name, upload.suffix)
+            stem = safe_stem(upload.client_name, upload.suffix)
             response = TempFileResponse(out_path, folder, f"{stem}_translated{upload.suffix}")
         except HTTPException:
             _remove_later(folder, future)
@@ -700,265 +689,3 @@ def create_app(
         return response
 
     return app
-
-
-# --------------------------------------------------------------------------------------------------------------
-# client (standard library only)
-
-
-def post_infer(
-    url: str,
-    in_path: str | Path,
-    *,
-    model: str | None = None,
-    direction: str | None = None,
-    axis: str = "axial",
-    token: str | None = None,
-    timeout: float = 600,
-    fuse: str | None = None,
-    dtype: str | None = None,
-) -> Any:
-    """Send one volume to ``POST {url}/infer``, streaming it as multipart; returns the open urllib response.
-
-    Low level: the caller reads and closes the response. Raises ``urllib.error.HTTPError`` (4xx/5xx) and
-    ``urllib.error.URLError`` like :func:`urllib.request.urlopen`. :func:`remote_translate` is the friendly form.
-    """
-    in_path = Path(in_path)
-    suffix = match_suffix(in_path.name) or ""
-    boundary = uuid.uuid4().hex
-    filename = _safe_stem(in_path.name, suffix) + suffix  # quoted-string safe: no quotes, no backslashes
-    head = (
-        f"--{boundary}\r\n"
-        f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode("ascii")
-    tail = f"\r\n--{boundary}--\r\n".encode("ascii")
-    size = in_path.stat().st_size
-
-    def body() -> Iterator[bytes]:
-        yield head
-        with open(in_path, "rb") as file:
-            while chunk := file.read(1 << 20):
-                yield chunk
-        yield tail
-
-    pairs = (("model", model), ("direction", direction), ("axis", axis), ("fuse", fuse), ("dtype", dtype))
-    query = {key: value for key, value in pairs if value}
-    endpoint = url.rstrip("/") + "/infer" + (("?" + urllib.parse.urlencode(query)) if query else "")
-    request = urllib.request.Request(
-        endpoint,
-        data=body(),
-        method="POST",
-        headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-            "Content-Length": str(len(head) + size + len(tail)),
-        },
-    )
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    return urllib.request.urlopen(request, timeout=timeout)
-
-
-def _error_detail(error: urllib.error.HTTPError) -> str:
-    """The server's message from an error answer (FastAPI's ``{"detail": ...}``), else the reason phrase."""
-    try:
-        raw = error.read()
-        detail = json.loads(raw.decode("utf-8"))["detail"]
-    except Exception:
-        return str(error.reason)
-    if isinstance(detail, list):  # FastAPI validation errors: [{"loc": [...], "msg": ...}, ...]
-        return "; ".join(
-            f"{'.'.join(str(p) for p in item.get('loc', [])[1:])}: {item.get('msg', '')}" for item in detail
-        )
-    return str(detail)
-
-
-def remote_translate(
-    url: str,
-    in_path: str | Path,
-    out_path: str | Path,
-    *,
-    model: str | None = None,
-    direction: str | None = None,
-    axis: str = "axial",
-    token: str | None = None,
-    timeout: float = 600,
-    fuse: str | None = None,
-    dtype: str | None = None,
-) -> Path:
-    """Translate a volume on a ``medsynth-serve`` server; the standard library only (fits Slicer's Python).
-
-    Args:
-        url: the server, e.g. ``http://gpu-box:8000``.
-        in_path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file.
-        out_path: where to write the answer (atomically); must have the input's suffix, since the server
-            answers in the input's format.
-        model, direction, axis, fuse, dtype: as in ``POST /infer``; model may be None when the server has one
-            model, and None elsewhere means the server's default.
-        token: the server's bearer token, if it has one.
-        timeout: seconds to wait for the connection and for each read.
-
-    Returns:
-        ``out_path``.
-
-    Raises:
-        InputError: bad paths, an unreachable server, or any 4xx/5xx answer (with the server's message).
-
-    Example:
-        >>> remote_translate("http://127.0.0.1:8000", "t1.nii.gz", "t2.nii.gz", direction="t1-to-t2")  # doctest: +SKIP
-    """
-    in_path, out_path = Path(in_path), Path(out_path)
-    suffix = match_suffix(in_path.name)
-    if suffix is None:
-        raise InputError(in_path, f"not a supported image file; the server accepts {', '.join(SUFFIXES)}")
-    if not in_path.is_file():
-        raise InputError(in_path, "no such file")
-    if match_suffix(out_path.name) != suffix:
-        raise InputError(out_path, f"must end in {suffix} like the input (the server answers in the input's format)")
-    if not out_path.parent.is_dir():
-        raise InputError(out_path.parent, "no such folder")
-    try:
-        response = post_infer(
-            url, in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout, fuse=fuse,
-            dtype=dtype,
-        )
-    except urllib.error.HTTPError as exc:
-        detail = _error_detail(exc)
-        retry = exc.headers.get("Retry-After") if exc.headers else None
-        hint = f" (retry after {retry} s)" if retry else ""
-        raise InputError(in_path, f"server answered {exc.code}: {detail}{hint}") from None
-    except urllib.error.URLError as exc:
-        raise InputError(url, f"cannot reach the server: {exc.reason}") from None
-    except (TimeoutError, socket.timeout, ConnectionError) as exc:
-        raise InputError(url, f"no answer from the server: {exc}") from None
-    part = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with response, open(part, "wb") as file:
-            shutil.copyfileobj(response, file, 1 << 20)
-        os.replace(part, out_path)
-    except (TimeoutError, socket.timeout, ConnectionError) as exc:
-        raise InputError(url, f"answer interrupted: {exc}") from None
-    finally:
-        part.unlink(missing_ok=True)
-    return out_path
-
-
-# --------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def _parse_model_args(values: Sequence[str] | None) -> dict[str, Path | None]:
-    """``--model`` values: ``PATH`` or ``NAME=PATH``; checked here so a typo fails before anything loads."""
-    if not values:
-        return {}
-    named: dict[str, Path | None] = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if sep and not Path(value).exists() and _NAME_RE.match(name):
-            path = resolve_model_path(rest)
-        else:
-            path = resolve_model_path(value)
-            name = model_name(value if Path(value).is_dir() else path)
-        if name in named:
-            raise InputError(value, f"model name {name!r} is already used by {named[name]}; name it with NAME=PATH")
-        named[name] = path
-    return named
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket now, so a taken port is a one-line error before models load."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise InputError(host, f"unknown host ({exc.strerror})") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise InputError(f"{host}:{port}", f"cannot listen ({exc.strerror})") from None
-    return sock
-
-
-@exit_on_error
-def main(argv: Sequence[str] | None = None) -> int:
-    """``medsynth-serve``: serve models over HTTP (see the module docstring for the routes)."""
-    parser = argparse.ArgumentParser(
-        prog="medsynth-serve",
-        description="Serve medsynth models over HTTP: POST a volume to /infer, get its translation back.",
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        metavar="[NAME=]PATH",
-        help="model file or training run folder; repeat for several (default: the packaged model). "
-        "Named after the file's stem or, for model.pt, its run folder, unless NAME= is given",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every route but /health")
-    auth.add_argument("--token-file", type=Path, help="read the token from this file (keeps it out of `ps`)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB (default 512)")
-    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the GPU (default 8)")
-    parser.add_argument("--workers", type=int, default=1, help="translations run at once (default 1)")
-    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 8 on CPU, 64 on GPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads per translation (default: torch's, all cores)")
-    parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    args = parser.parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        raise InputError(str(args.port), "port must be in 0..65535")
-    for option, value, low in (("--max-upload-mb", args.max_upload_mb, 1e-6), ("--queue-size", args.queue_size, 0),
-                               ("--workers", args.workers, 1), ("--batch-size", args.batch_size, 1),
-                               ("--threads", args.threads, 1)):
-        if value is not None and value < low:
-            raise InputError(f"{option} {value:g}", f"must be at least {low:g}")
-    token = args.token
-    if args.token_file is not None:
-        try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise InputError(args.token_file, f"cannot read token ({exc.strerror})") from None
-        if not token:
-            raise InputError(args.token_file, "empty token file")
-    models = _parse_model_args(args.model)
-
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    import uvicorn
-
-    sock = _listen(args.host, args.port)
-    try:
-        app = create_app(
-            models,
-            device=args.device,
-            token=token,
-            max_upload_mb=args.max_upload_mb,
-            queue_size=args.queue_size,
-            workers=args.workers,
-            tmp_dir=args.tmp_dir,
-            batch_size=args.batch_size,
-            threads=args.threads,
-        )
-        host, port = sock.getsockname()[:2]
-        if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("listening on %s without --token: anyone who can reach this port can use the GPU", args.host)
-        log.info("medsynth-serve listening on http://%s:%d", host if ":" not in host else f"[{host}]", port)
-        config = uvicorn.Config(app, log_level=args.log_level, access_log=False, log_config=None)
-        try:
-            uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:
-            # uvicorn has shut down gracefully and re-raises Ctrl-C; for a server that is the normal way to stop
-            log.info("stopped")
-    finally:
-        sock.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

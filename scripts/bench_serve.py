@@ -73,11 +73,11 @@ def make_volume(path: Path, shape: tuple[int, int, int], seed: int) -> Path:
 
 
 class Server:
-    """``python -m medsynth.server`` as a child process; its log is read on a thread."""
+    """``python -m medsynth serve`` as a child process; its log is read on a thread."""
 
     def __init__(self, args: Sequence[str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "medsynth.server", "--host", "127.0.0.1", "--port", "0", *args],
+            [sys.executable, "-m", "medsynth", "serve", "--host", "127.0.0.1", "--port", "0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         )
         self.lines: list[str] = []
@@ -130,7 +130,7 @@ def one_request(url: str, path: Path, shape: tuple[int, ...], axis: str) -> tupl
     """Post one volume; returns (outcome, seconds) with outcome ``ok``, ``503`` or an error description."""
     import nibabel as nib
 
-    from medsynth.server import post_infer
+    from medsynth.client import post_infer
 
     start = time.perf_counter()
     try:

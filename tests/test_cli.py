@@ -32,6 +32,16 @@ def test_help_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize("command", ["train", "convert", "eval", "enhance", "serve", "demo"])
+def test_help_imports_no_heavy_module(command: str) -> None:
+    """Every command's --help stays instant: torch, MONAI, FastAPI, matplotlib and SciPy load only to do the work."""
+    code = (f"import sys\nfrom medsynth.cli import COMMANDS\ntry:\n    COMMANDS[{command!r}](['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'monai', 'fastapi', 'matplotlib', 'scipy', 'nibabel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("command", ["train", "convert", "eval", "enhance", "serve", "demo"])
 def test_python_m_medsynth_dispatches(command: str) -> None:
     out = subprocess.run([sys.executable, "-m", "medsynth", command, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -14,7 +14,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medsynth.enhance import STEPS, EnhanceConfig, enhance, image_stats, main, noise_sigma, parse_steps
+from medsynth.cli.enhance import main
+from medsynth.enhance import STEPS, EnhanceConfig, enhance, image_stats, noise_sigma, parse_steps
 from medsynth.errors import InputError
 from medsynth.image2d import read_image2d
 
@@ -240,12 +241,12 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_cli_runs_as_a_module(tmp_path):
     src = xray_png(tmp_path / "in.png")
-    done = subprocess.run([sys.executable, "-m", "medsynth.enhance", str(src), str(tmp_path / "o.dcm"),
+    done = subprocess.run([sys.executable, "-m", "medsynth", "enhance", str(src), str(tmp_path / "o.dcm"),
                            "--steps", "histeq"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json_lines(done.stdout)[0]["output"] == str(tmp_path / "o.dcm")
     assert pydicom.dcmread(tmp_path / "o.dcm").Rows == 48
-    done = subprocess.run([sys.executable, "-m", "medsynth.enhance", str(tmp_path / "nope.png"),
+    done = subprocess.run([sys.executable, "-m", "medsynth", "enhance", str(tmp_path / "nope.png"),
                            str(tmp_path / "o2.png")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip().endswith("nope.png: no such file or folder")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medsynth.cli.eval import main
 from medsynth.errors import InputError
 from medsynth.evaluation import (
     baseline_translate,
@@ -19,7 +20,6 @@ from medsynth.evaluation import (
     ct_metrics,
     evaluate,
     foreground_mask,
-    main,
     masked_metrics,
     normalise_in_mask,
     pair_cases,

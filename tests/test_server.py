@@ -24,9 +24,11 @@ import SimpleITK as sitk
 import uvicorn
 
 from medsynth.cli import convert_main
+from medsynth.cli.serve import main
+from medsynth.client import remote_translate
 from medsynth.errors import InputError
 from medsynth.inference import Translator
-from medsynth.server import create_app, main, model_name, remote_translate
+from medsynth.server import create_app, model_name
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

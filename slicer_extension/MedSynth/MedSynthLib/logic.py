@@ -226,7 +226,7 @@ class RemoteRunner:
 
     def _run(self) -> None:
         try:
-            from medsynth.server import remote_translate
+            from medsynth.client import remote_translate
 
             remote_translate(
                 self.url,
@@ -470,7 +470,7 @@ def run_conversion_on_node(
 def list_server_models(url: str, token: str | None = None, timeout: float = 10.0) -> list[dict]:
     """What a medsynth inference server offers: ``GET {url}/models`` (name, domains, directions per model).
 
-    Standard library only, like :func:`medsynth.server.remote_translate`, so it works in Slicer's Python.
+    Standard library only, like :func:`medsynth.client.remote_translate`, so it works in Slicer's Python.
 
     Raises:
         ConversionError: the server cannot be reached or refuses (e.g. a wrong token); one line.

@@ -1,0 +1,136 @@
+"""``medsynth-train``: train a 2D slice-wise CycleGAN (:func:`medsynth.training.train`) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from medsynth.config import AXES, GENERATORS, ModelConfig, TrainConfig
+from medsynth.enhance import STEPS
+from medsynth.errors import InputError, exit_on_error
+
+__all__ = ["build_parser", "main"]
+
+
+def _domain_names(text: str) -> tuple[str, str]:
+    names = tuple(n.strip().lower() for n in text.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise InputError("--names", f"{text!r}: give two different domain names, e.g. t1,t2 or mr,ct")
+    return names  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``medsynth-train``; defaults are the reference CycleGAN's."""
+    d, m = TrainConfig(), ModelConfig()
+    p = argparse.ArgumentParser(
+        prog="medsynth-train",
+        description="Train a 2D slice-wise CycleGAN on two unpaired sets of volumes or 2D images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--t1", nargs="+", metavar="SRC", help="T1 volumes: folders (recursive), globs or files")
+    g.add_argument("--t2", nargs="+", metavar="SRC", help="T2 volumes")
+    g.add_argument("--a", nargs="+", metavar="SRC", help="first domain (generic form, with --names)")
+    g.add_argument("--b", nargs="+", metavar="SRC", help="second domain")
+    g.add_argument("--names", default=None, help="domain names for --a/--b, e.g. mr,ct (default t1,t2)")
+    g.add_argument("--out", required=True, help="run folder (checkpoints, samples, tensorboard, model.pt)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its inputs and options are kept)")
+    g.add_argument("--axis", choices=AXES, default=d.axis, help="slicing axis (after reorientation to RAS)")
+    g.add_argument("--size", type=int, default=d.size, help="slices are padded or cropped (never resized) to this")
+    g.add_argument("--min-foreground", type=float, default=d.min_foreground,
+                   help="skip slices whose foreground is below this fraction of the fullest slice's")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random affine augmentation")
+    g.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right flips")
+    g.add_argument("--enhance", default="", help="enhancement steps applied to the inputs, e.g. clahe,denoise")
+    g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
+                   help="paired validation: source-domain volumes (matched to --val-t2 by case)")
+    g.add_argument("--val-t2", "--val-b", dest="val_b", nargs="+", metavar="SRC", default=[],
+                   help="paired validation: target-domain volumes")
+    g.add_argument("--val-every", type=int, default=d.val_every, help="steps between validation rounds")
+    g.add_argument("--cache-dir", default=None, help="persist preprocessed volumes here (MONAI PersistentDataset)")
+    n = p.add_argument_group("networks")
+    n.add_argument("--generator", choices=GENERATORS, default=m.generator)
+    n.add_argument("--ngf", type=int, default=m.ngf, help="generator filters in the first layer")
+    n.add_argument("--ndf", type=int, default=m.ndf, help="discriminator filters in the first layer")
+    n.add_argument("--n-layers-d", type=int, default=m.n_layers_d, help="PatchGAN layers (3: 70x70 patches)")
+    n.add_argument("--norm", choices=("instance", "batch"), default=m.norm)
+    n.add_argument("--dropout", type=float, default=m.dropout, help="dropout in the ResNet blocks")
+    n.add_argument("--upsample", choices=("transpose", "nearest"), default=m.upsample,
+                   help="ResNet upsampling: transposed convolution (reference) or nearest + convolution")
+    n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
+    o = p.add_argument_group("objective and schedule")
+    o.add_argument("--steps", type=int, default=d.steps, help="iterations at the initial learning rate")
+    o.add_argument("--decay-steps", type=int, default=d.decay_steps, help="iterations of linear decay to zero")
+    o.add_argument("--batch-size", type=int, default=d.batch_size)
+    o.add_argument("--lr", type=float, default=d.lr)
+    o.add_argument("--beta1", type=float, default=d.beta1)
+    o.add_argument("--beta2", type=float, default=d.beta2)
+    o.add_argument("--lambda-cycle", type=float, default=d.lambda_cycle)
+    o.add_argument("--lambda-identity", type=float, default=d.lambda_identity,
+                   help="identity loss weight, as a fraction of --lambda-cycle")
+    o.add_argument("--pool-size", type=int, default=d.pool_size, help="image pool of generated images (0: none)")
+    r = p.add_argument_group("running")
+    r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
+    r.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    r.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
+    r.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss logs")
+    r.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between PNG sample grids")
+    r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    r.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+@exit_on_error
+def main(argv: Sequence[str] | None = None) -> int:
+    """``medsynth-train``: train a CycleGAN and write ``RUN_DIR/model.pt``."""
+    args = build_parser().parse_args(argv)
+    generic = args.a is not None or args.b is not None
+    if generic and (args.t1 or args.t2):
+        raise InputError("--a/--b", "use either --t1/--t2 or --a/--b with --names, not both")
+    a, b = (args.a, args.b) if generic else (args.t1, args.t2)
+    if (not a or not b) and not args.resume:
+        raise InputError("--t1/--t2" if not generic else "--a/--b", "both domains are needed")
+    names = _domain_names(args.names) if args.names else ("t1", "t2")
+    config = TrainConfig(
+        a=list(a or []), b=list(b or []), names=names, out=args.out,
+        model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
+                          norm=args.norm, dropout=args.dropout, upsample=args.upsample),
+        size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
+        decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
+        lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
+        init_gain=args.init_gain, augment=args.augment, flip=args.flip,
+        enhance=[s for s in args.enhance.split(",") if s], seed=args.seed, device=args.device, amp=args.amp,
+        channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
+        log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
+    if config.enhance:
+        unknown = [s for s in config.enhance if s not in STEPS]
+        if unknown:
+            raise InputError("--enhance", f"unknown steps {', '.join(unknown)}: use {', '.join(STEPS)}")
+    from medsynth.training import Interrupted, train  # torch and MONAI: only once the options are checked
+
+    try:
+        runtime = _given_runtime_options(argv) if args.resume else ()
+        model = train(config, resume=args.resume, progress=not args.quiet, runtime=runtime)
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
+    print(f"model written to {model}")
+    return 0
+
+
+def _given_runtime_options(argv: Sequence[str] | None) -> list[str]:
+    """The runtime options (see ``medsynth.training.RUNTIME_OPTIONS``) given on this command line: on
+    ``--resume`` only these replace the run's saved values, not the parser's defaults."""
+    from medsynth.training import RUNTIME_OPTIONS  # torch: only on --resume, after parsing
+
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given = vars(parser.parse_args(argv))
+    return [key for key in RUNTIME_OPTIONS if key in given]
