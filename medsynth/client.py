@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 from medsynth.errors import InputError
 
-__all__ = ["SUFFIXES", "match_suffix", "post_infer", "remote_translate", "safe_stem"]
+__all__ = ["SUFFIXES", "match_suffix", "post_infer", "remote_estimate", "remote_translate", "safe_stem"]
 
 #: File suffixes accepted for upload, longest first so ``.nii.gz`` wins over ``.nii``. Header/data pairs
 #: (``.mhd``, ``.nhdr``) are left out: one upload is one file.
@@ -182,3 +182,27 @@ def remote_translate(
     finally:
         part.unlink(missing_ok=True)
     return out_path
+
+
+def remote_estimate(url: str, shape: tuple[int, ...] | list[int], *, model: str | None = None, axis: str = "axial",
+                    token: str | None = None, timeout: float = 30) -> float:
+    """The server's expected seconds for translating a volume of ``shape`` (``GET /estimate``), before sending it.
+
+    Raises:
+        InputError: the server cannot be reached or refuses.
+    """
+    query = {"shape": "x".join(str(int(n)) for n in shape), "axis": axis}
+    if model:
+        query["model"] = model
+    request = urllib.request.Request(f"{url.rstrip('/')}/estimate?{urllib.parse.urlencode(query)}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return float(json.loads(response.read().decode("utf-8"))["seconds"])
+    except urllib.error.HTTPError as exc:
+        raise InputError(url, f"server answered {exc.code}: {_error_detail(exc)}") from None
+    except urllib.error.URLError as exc:
+        raise InputError(url, f"cannot reach the server: {exc.reason}") from None
+    except (TimeoutError, socket.timeout, ConnectionError, ValueError, KeyError) as exc:
+        raise InputError(url, f"no estimate from the server: {exc}") from None

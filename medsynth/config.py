@@ -145,6 +145,26 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+#: ``medsynth-train`` on a machine without a GPU (``--recipe cpu``, the default there): every option not given on
+#: the command line takes these values, chosen by the leave-one-out study in ``scripts/results/study_cpu.md``
+#: to finish in about an hour on two cores. With a GPU (``--recipe reference``) the reference's defaults hold.
+CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "upsample": "nearest", "size": 128,
+                              "steps": 20_000}
+#: added to :data:`CPU_RECIPE` for ``--paired`` data
+CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "intensity_augment": True, "lambda_adv": 0.0,
+                                     "lambda_cycle": 0.0, "lambda_identity": 0.0}
+RECIPES = ("auto", "cpu", "reference")
+
+
+def recipe_values(recipe: str, paired: bool) -> dict[str, Any]:
+    """Option values of a recipe (``cpu`` or ``reference``); the reference's are the dataclass defaults."""
+    if recipe == "reference":
+        return {}
+    if recipe != "cpu":
+        raise ValueError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
+    return CPU_RECIPE | (CPU_PAIRED_RECIPE if paired else {})
+
+
 def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Rebuild a :class:`ModelConfig`, ignoring unknown keys."""
     known = {f.name for f in dataclasses.fields(ModelConfig)}

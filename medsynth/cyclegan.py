@@ -75,6 +75,8 @@ class GeneratorPass(nn.Module):
 
     def forward(self, real_a: torch.Tensor, real_b: torch.Tensor, identity: bool = True,
                 cycle: bool = True) -> dict[str, torch.Tensor]:
+        # real images may carry a second channel, the residual generators' base (see ResidualGenerator); the
+        # generated ones, the identity inputs and everything the losses see are the image channel alone
         fake_b = self.g_ab(real_a)
         fake_a = self.g_ba(real_b)
         out = {"fake_b": fake_b, "fake_a": fake_a}
@@ -82,8 +84,8 @@ class GeneratorPass(nn.Module):
             out["rec_a"] = self.g_ba(fake_b)
             out["rec_b"] = self.g_ab(fake_a)
         if identity:
-            out["idt_a"] = self.g_ba(real_a)
-            out["idt_b"] = self.g_ab(real_b)
+            out["idt_a"] = self.g_ba(real_a[:, :1])
+            out["idt_b"] = self.g_ab(real_b[:, :1])
         return out
 
 
@@ -137,11 +139,11 @@ class CycleGAN(nn.Module):
         return opt_g, opt_d
 
     def set_intensity_maps(self, quantiles_a: torch.Tensor, quantiles_b: torch.Tensor) -> None:
-        """Fit the generators' inverted-histogram maps (``residual="invert"``) to the training domains'
-        foreground quantiles (see :func:`medsynth.networks.domain_quantiles`)."""
-        for net, (src, dst) in ((self.g_ab, (quantiles_a, quantiles_b)), (self.g_ba, (quantiles_b, quantiles_a))):
+        """Give the residual generators (``residual="invert"``) their target domains' foreground quantiles (see
+        :func:`medsynth.networks.domain_quantiles`): G_ab matches to B's histogram, G_ba to A's."""
+        for net, target in ((self.g_ab, quantiles_b), (self.g_ba, quantiles_a)):
             for m in intensity_maps(net):
-                m.set_knots(torch.as_tensor(src), torch.as_tensor(dst).flip(0))
+                m.set(torch.as_tensor(target))
 
     def schedulers(self, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> list[Any]:
         """Constant until :attr:`TrainConfig.decay_from`, then linear decay to zero at ``steps``."""
@@ -183,13 +185,15 @@ class CycleGAN(nn.Module):
         use_cycle = c.lambda_cycle > 0
         use_identity = c.lambda_identity > 0 and use_cycle
         use_paired = target_a is not None and target_b is not None and c.lambda_paired > 0
+        inputs_a, inputs_b = real_a, real_b
+        real_a, real_b = real_a[:, :1], real_b[:, :1]
 
         # generators: the discriminators are only judges here
         self.discriminators.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         losses: dict[str, torch.Tensor] = {}
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
-            out = generators(real_a, real_b, use_identity, use_cycle)
+            out = generators(inputs_a, inputs_b, use_identity, use_cycle)
             if use_adv:
                 judge_a, judge_b = self.discriminators(out["fake_a"], out["fake_b"])
         if use_adv:
@@ -203,8 +207,8 @@ class CycleGAN(nn.Module):
             losses["idt_a"] = self.l1(out["idt_a"].float(), real_a) * weight
             losses["idt_b"] = self.l1(out["idt_b"].float(), real_b) * weight
         if use_paired:
-            losses["paired_b"] = self.l1(out["fake_b"].float(), target_b) * c.lambda_paired
-            losses["paired_a"] = self.l1(out["fake_a"].float(), target_a) * c.lambda_paired
+            losses["paired_b"] = self.l1(out["fake_b"].float(), target_b[:, :1]) * c.lambda_paired
+            losses["paired_a"] = self.l1(out["fake_a"].float(), target_a[:, :1]) * c.lambda_paired
         if not losses:
             raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
         loss_g = torch.stack(list(losses.values())).sum()

@@ -37,14 +37,16 @@ def usable_cores() -> int:
 
 
 def set_threads(threads: int | None = None, world: int = 1) -> int:
-    """Use ``threads`` intra-op threads (default: the usable cores shared among ``world`` local processes).
+    """Use ``threads`` intra-op threads (default: ``OMP_NUM_THREADS`` when set, as torch itself reads it, else
+    the usable cores shared among ``world`` local processes).
 
     Returns:
         The number of threads now in use.
     """
     if threads is not None and threads < 1:
         raise InputError("--threads", f"{threads} must be at least 1")
-    n = threads or max(usable_cores() // max(world, 1), 1)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    n = threads or (int(env) if env.isdigit() and int(env) > 0 else max(usable_cores() // max(world, 1), 1))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from medsynth.config import AXES, AXIS_INDEX, TrainConfig
-from medsynth.devices import resolve_device
+from medsynth.devices import autocast_enabled, resolve_device, set_threads
+from medsynth.networks import build_generator, generator_stride, intensity_maps, residual_of
 from medsynth.errors import InputError
 from medsynth.io import Image, check_output, load_image, save_like
 
@@ -27,6 +28,8 @@ Progress = Callable[[int, int], None]
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "default_t1t2.pt"
 AXIS_CHOICES = AXES + ("all",)
+#: slices per forward pass on a CPU: large enough to keep both cores busy, small enough for the caches
+CPU_BATCH = 8
 
 
 def default_model_path() -> Path:
@@ -70,8 +73,14 @@ class Translator:
         stats: each domain's intensity statistics (``IntensityStats`` dicts by domain name).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         batch_size: slices per forward pass (default: 8 on CPU, 64 on CUDA).
-        amp: bf16 autocast on CUDA.
+        amp: bf16 autocast where it pays (CUDA, or a CPU with native bf16); False is ``precision="fp32"``.
         source: where the model came from (for messages).
+        channels_last: channels-last activations (default: on CUDA and under bf16 on a CPU, where they
+            measure faster).
+        compile: ``torch.compile`` the generators.
+        precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), ``bf16`` or
+            ``fp32``.
+        threads: CPU threads (default: every core this process may use).
 
     Example:
         >>> t = Translator.from_file("run/model.pt")            # doctest: +SKIP
@@ -80,23 +89,31 @@ class Translator:
 
     def __init__(self, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig, stats: dict[str, dict[str, float]],
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
-                 source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False) -> None:
-        from medsynth.networks import generator_stride
-
+                 source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False,
+                 precision: str = "auto", threads: int | None = None) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        if self.device.type == "cpu":
+            set_threads(threads)
         self.config = config
         self.source = str(source)
         self.domains: tuple[str, str] = (config.names[0], config.names[1])
         self.stats = stats
         self.stride = generator_stride(config.model)
         on_cuda = self.device.type == "cuda"
-        self.batch_size = batch_size or (64 if on_cuda else 8)
-        self.amp = amp and on_cuda
+        self.batch_size = batch_size or (64 if on_cuda else CPU_BATCH)
+        self.amp = amp and autocast_enabled(self.device, precision)
+        self.precision = "bf16" if self.amp else "fp32"
         self.channels_last = on_cuda if channels_last is None else channels_last
+        self._pixels_per_second: float | None = None
+        # on a CPU, bf16 weights and activations throughout: autocast would convert every activation to fp32
+        # and back around each normalisation, which costs more there than the convolutions gain
+        self.cast = torch.bfloat16 if self.amp and not on_cuda else None
         self.networks: dict[str, nn.Module] = {}
         for name, net in ((f"{self.domains[0]}-to-{self.domains[1]}", g_ab),
                           (f"{self.domains[1]}-to-{self.domains[0]}", g_ba)):
             net = net.to(self.device).eval()
+            if self.cast is not None:
+                net = bf16_copy(net)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = torch.compile(net) if compile else net
@@ -106,8 +123,6 @@ class Translator:
     def from_file(cls, model_path: str | Path | None = None, device: str | torch.device = "auto",
                   **kwargs: Any) -> Translator:
         """Load a ``model.pt`` (or a run folder); ``None`` loads the packaged default model."""
-        from medsynth.networks import build_generator
-
         path = Path(model_path) if model_path is not None else default_model_path()
         payload = read_model_file(path)
         try:
@@ -147,7 +162,51 @@ class Translator:
         """What a client needs to know: domains, directions, axes, generator."""
         return {"source": self.source, "domains": list(self.domains), "directions": self.directions,
                 "axes": list(AXIS_CHOICES), "generator": self.config.model.generator, "ngf": self.config.model.ngf,
-                "size": self.config.size, "enhance": list(self.config.enhance), "device": str(self.device)}
+                "size": self.config.size, "enhance": list(self.config.enhance), "device": str(self.device),
+                "precision": self.precision, "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+
+    def pixels_per_second(self) -> float:
+        """Slice pixels per second through a generator here, measured once on a small batch (a fraction of a
+        second) and remembered."""
+        if self._pixels_per_second is None:
+            import time
+
+            network = next(iter(self.networks.values()))
+            side = max(self.stride, int(math.ceil(96 / self.stride) * self.stride))
+            batch = torch.zeros(min(self.batch_size, 4), 1, side, side, device=self.device)
+            self._forward(network, batch)  # warm-up: allocation, kernel choice
+            best = math.inf
+            for _ in range(2):
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                tic = time.perf_counter()
+                self._forward(network, batch)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                best = min(best, time.perf_counter() - tic)
+            self._pixels_per_second = batch.numel() / max(best, 1e-6)
+        return self._pixels_per_second
+
+    def estimate_seconds(self, shape: Sequence[int], axis: str = "axial") -> float:
+        """Expected seconds to translate a volume of ``shape`` (I, J, K) along ``axis`` (``all``: three
+        passes), from :meth:`pixels_per_second`; the pipeline around the network adds about a tenth."""
+        dims = [int(n) for n in shape[:3]] + [1] * (3 - len(shape[:3]))
+        axes = ["axial"] if dims[2] == 1 else list(AXES if axis == "all" else (axis,))
+        pixels = 0
+        for a in axes:
+            k = AXIS_INDEX[a]
+            plane = [int(math.ceil(n / self.stride) * self.stride) for i, n in enumerate(dims) if i != k]
+            pixels += dims[k] * plane[0] * plane[1]
+        return 1.1 * pixels / self.pixels_per_second()
+
+    def _forward(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        if self.cast is not None:
+            batch = batch.to(self.cast)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp and self.cast is None):
+            out = network(batch)
+        return out.float()
 
     def _resolve_direction(self, direction: str | None) -> tuple[str, str, str]:
         direction = direction or self.directions[0]
@@ -214,8 +273,12 @@ class Translator:
 
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                       progress: Progress | None = None) -> Path:
+                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
+
+        Args:
+            on_start: called with the input and the expected seconds (:meth:`estimate_seconds`) once the input
+                is read, before the translation starts.
 
         Raises:
             InputError: bad input, an output that exists (without ``overwrite``) or would replace the input.
@@ -223,6 +286,8 @@ class Translator:
         self._resolve_direction(direction)
         check_output(output_path, [input_path], overwrite)
         image = load_image(input_path)
+        if on_start is not None:
+            on_start(Path(input_path), self.estimate_seconds(image.array.shape, axis))
         out = self.translate(image, direction, axis, fuse, progress)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
 
@@ -259,6 +324,10 @@ class Translator:
         # a one-slice image (a 2D domain) can only be translated in its own plane
         axes = ["axial"] if x.shape[-1] == 1 else list(AXES if axis == "all" else (axis,))
         network = self.networks[key]
+        residual = residual_of(network)
+        if residual is not None:
+            # the inverted-histogram base of the whole volume rides along as a second channel
+            x = torch.cat([x, residual.volume_base(x)])
         total = sum(x.shape[AXIS_INDEX[a] + 1] for a in axes)
         counter = _Counter(total, progress)
         outputs = [self._infer_axis(network, x, a, counter) for a in axes]
@@ -287,13 +356,9 @@ class Translator:
                                sw_device=self.device, device=self.device if on_cuda else torch.device("cpu"))
 
         def run(batch: torch.Tensor) -> torch.Tensor:
-            batch = batch.to(self.device, non_blocking=True)
-            if self.channels_last:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                out = network(batch)
+            out = self._forward(network, batch.to(self.device, non_blocking=True))
             counter.add(batch.shape[0])
-            return out.float()
+            return out
 
         source = x[None].to(self.device) if on_cuda else x[None]
         y = inferer(source, run)
@@ -302,7 +367,8 @@ class Translator:
     def translate_files(self, inputs: Sequence[Path], output_dir: str | Path, direction: str | None = None,
                         axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
                         progress: Progress | None = None,
-                        on_done: Callable[[Path, Path | None, str | None], None] | None = None) -> list[tuple[Path, str]]:
+                        on_done: Callable[[Path, Path | None, str | None], None] | None = None,
+                        on_start: Callable[[Path, float], None] | None = None) -> list[tuple[Path, str]]:
         """Translate many files into ``output_dir`` (same file names); a bad file does not stop the others.
 
         Returns:
@@ -312,7 +378,7 @@ class Translator:
         output_dir = Path(output_dir)
         for path, out in zip(inputs, output_paths(inputs, output_dir)):
             try:
-                self.translate_file(path, out, direction, axis, fuse, dtype, overwrite, progress)
+                self.translate_file(path, out, direction, axis, fuse, dtype, overwrite, progress, on_start)
             except InputError as exc:
                 failures.append((Path(path), str(exc)))
                 if on_done:
@@ -321,6 +387,47 @@ class Translator:
             if on_done:
                 on_done(Path(path), out, None)
         return failures
+
+
+def bf16_copy(net: nn.Module) -> nn.Module:
+    """A bf16 copy of a network for CPU inference; intensity maps keep float32 knots (bf16 would move them)."""
+    import copy
+
+    out = copy.deepcopy(net).to(torch.bfloat16)
+    for m in intensity_maps(out):
+        m.float()
+    return out
+
+
+def fair_baseline_translator(model_path: str | Path | None = None, device: str | torch.device = "cpu") -> Translator:
+    """The classical baseline a model must beat, from nothing but what the model carries: invert the source and
+    match its histogram to the target domain's pooled training histogram (each domain's foreground quantiles,
+    stored in ``stats[name]["quantiles"]`` at training).
+
+    It runs through the same pipeline as the model (reorientation, normalisation, background), so the two
+    differ only in the network. A model trained with ``residual="invert"`` starts from exactly this.
+
+    Raises:
+        InputError: the model carries no quantiles (trained before they were stored).
+    """
+    import dataclasses
+
+    from medsynth.networks import ResidualGenerator
+
+    path = Path(model_path) if model_path is not None else default_model_path()
+    payload = read_model_file(path)
+    config = TrainConfig.from_dict(payload["config"])
+    stats = payload["stats"]
+    maps = []
+    for target in (config.names[1], config.names[0]):
+        if "quantiles" not in stats.get(target, {}):
+            raise InputError(path, "this model carries no training histograms (retrain it with this version)")
+        m = ResidualGenerator(None)
+        m.target.set(torch.tensor(stats[target]["quantiles"], dtype=torch.float32))
+        maps.append(m)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, generator="map", residual="invert"))
+    return Translator(maps[0], maps[1], config, stats, device=device, source=f"fair baseline of {path}",
+                      precision="fp32")
 
 
 def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:

@@ -122,99 +122,101 @@ class IdentityGenerator(nn.Module):
         return x
 
 
-#: Knots of an :class:`IntensityMap` (quantiles 0, 1/128, ..., 1 of the foreground).
+#: Quantiles kept of a domain's foreground histogram (0, 1/128, ..., 1).
 MAP_KNOTS = 129
 #: Normalised values at or below this are background (normalisation puts the background at exactly -1).
 BACKGROUND_LEVEL = -1.0 + 1e-3
 
 
-class IntensityMap(nn.Module):
-    """A fixed, piecewise-linear map of normalised intensities; the background (-1) stays -1.
+def domain_quantiles(values: torch.Tensor, knots: int = MAP_KNOTS) -> torch.Tensor:
+    """``knots`` evenly spaced quantiles of the foreground (above -1) of normalised values (any shape)."""
+    v = torch.as_tensor(values).detach().float().flatten()
+    v = v[v > BACKGROUND_LEVEL]
+    if v.numel() == 0:
+        return torch.linspace(-1.0, 1.0, knots)
+    if v.numel() > 2_000_000:
+        # an evenly strided subsample: the quantiles move by far less than the histogram's own noise
+        v = v[:: v.numel() // 1_000_000]
+    ranks = torch.linspace(0, v.numel() - 1, knots).round().long()
+    return torch.sort(v).values[ranks]
 
-    With ``knots_x`` the source domain's foreground quantiles and ``knots_y`` the target's in reverse order,
-    it is the classical baseline for T1 <-> T2: invert the source and match its histogram to the target
-    domain's (see :func:`inverted_histogram_map`). The knots are buffers, so they travel in the state dict.
+
+def _interp(v: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of each row of ``v`` (N, M) on knots ``xp``, ``fp`` (N, K)."""
+    xp = xp + torch.arange(xp.shape[-1], device=xp.device, dtype=xp.dtype) * 1e-6  # strictly increasing
+    v = torch.maximum(torch.minimum(v, xp[:, -1:]), xp[:, :1]).contiguous()
+    i = torch.searchsorted(xp.contiguous(), v).clamp(1, xp.shape[-1] - 1)
+    x0, x1, y0, y1 = xp.gather(1, i - 1), xp.gather(1, i), fp.gather(1, i - 1), fp.gather(1, i)
+    return y0 + (v - x0) * (y1 - y0) / (x1 - x0)
+
+
+def inverted_histogram_match(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The classical T1 <-> T2 baseline: invert each image and match its histogram to ``target``'s.
+
+    Each leading-dimension item of ``x`` (a slice of a batch, or one whole volume given as (1, ...)) is matched
+    on its own foreground: a voxel at rank r of its image's histogram gets the value at rank 1 - r of the
+    target domain's (``target``: :func:`domain_quantiles` of the target domain). Background stays -1.
     """
+    n = x.shape[0]
+    flat = x.detach().float().reshape(n, -1)
+    knots = target.numel()
+    own = torch.stack([domain_quantiles(row, knots) for row in flat]).to(flat.device)
+    grid = torch.linspace(0.0, 1.0, knots, device=flat.device).expand(n, knots)
+    ranks = _interp(flat, own, grid)
+    out = _interp(1.0 - ranks, grid, target.float().to(flat.device).expand(n, knots))
+    out = torch.where(flat > BACKGROUND_LEVEL, out, torch.full_like(out, -1.0))
+    return out.reshape(x.shape).to(x.dtype)
 
-    stride = 1
+
+class HistogramTarget(nn.Module):
+    """The target domain's foreground quantiles, a buffer so they travel in the generator's state dict."""
 
     def __init__(self, knots: int = MAP_KNOTS) -> None:
         super().__init__()
-        line = torch.linspace(-1.0, 1.0, knots)
-        self.register_buffer("knots_x", line.clone())
-        self.register_buffer("knots_y", -line)
+        self.register_buffer("quantiles", torch.linspace(-1.0, 1.0, knots))
 
-    def set_knots(self, knots_x: torch.Tensor, knots_y: torch.Tensor) -> None:
-        """Use these knots (``knots_x`` ascending; repeated values are spread apart by a hair)."""
-        x = torch.as_tensor(knots_x, dtype=torch.float32).flatten()
-        y = torch.as_tensor(knots_y, dtype=torch.float32).flatten()
-        # strictly increasing x keeps searchsorted and the slopes well defined where quantiles repeat
-        x = x + torch.arange(len(x), dtype=torch.float32) * 1e-6
-        self.knots_x.copy_(x)
-        self.knots_y.copy_(y)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        kx, ky = self.knots_x, self.knots_y
-        v = x[:, :1].float().clamp(float(kx[0]), float(kx[-1]))
-        i = torch.searchsorted(kx, v.contiguous()).clamp(1, len(kx) - 1)
-        x0, x1, y0, y1 = kx[i - 1], kx[i], ky[i - 1], ky[i]
-        y = y0 + (v - x0) * (y1 - y0) / (x1 - x0)
-        return torch.where(x[:, :1] > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0)).to(x.dtype)
-
-
-def inverted_histogram_map(source: torch.Tensor, target: torch.Tensor, knots: int = MAP_KNOTS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Knots that invert ``source`` intensities and match their histogram to ``target``'s.
-
-    Args:
-        source: normalised foreground values of the source domain (any shape; pooled over volumes).
-        target: normalised foreground values of the target domain.
-
-    Returns:
-        ``(knots_x, knots_y)`` for :meth:`IntensityMap.set_knots`: source quantile q maps to target quantile
-        1 - q, so the brightest source tissue becomes the darkest target tissue.
-    """
-    return domain_quantiles(source, knots), domain_quantiles(target, knots).flip(0)
-
-
-def domain_quantiles(values: torch.Tensor, knots: int = MAP_KNOTS) -> torch.Tensor:
-    """``knots`` evenly spaced quantiles of the foreground (above -1) of normalised values."""
-    v = torch.as_tensor(values, dtype=torch.float32).flatten()
-    v = v[v > BACKGROUND_LEVEL]
-    if v.numel() > 4_000_000:
-        # quantiles of an evenly strided subsample: torch.quantile refuses very large inputs
-        v = v[:: v.numel() // 2_000_000 + 1]
-    if v.numel() == 0:
-        return torch.linspace(-1.0, 1.0, knots)
-    return torch.quantile(v, torch.linspace(0.0, 1.0, knots))
+    def set(self, quantiles: torch.Tensor) -> None:
+        self.quantiles.copy_(torch.as_tensor(quantiles, dtype=self.quantiles.dtype))
 
 
 class ResidualGenerator(nn.Module):
-    """``map(x) + net(x)``: the network learns a correction to a fixed :class:`IntensityMap`.
+    """``base + net(x)``: the network learns a correction to the inverted-histogram-matched input.
 
-    On few training patients this generalises better than learning the whole contrast change: an unseen
-    tumour that is dark in T1 already comes out bright in T2 from the inverted map. The background stays -1.
+    ``base`` is :func:`inverted_histogram_match` of the whole volume, given as a second input channel (training
+    data and :class:`~medsynth.inference.Translator` compute it once per volume, see :meth:`volume_base`), or,
+    for a one-channel input (a generated image in the cycle), of each slice on its own. On few training
+    patients this generalises better than learning the whole contrast change: an unseen tumour that is dark in
+    T1 already comes out bright in T2 from the base. The background stays -1. Without ``net`` it is the
+    baseline alone.
     """
 
-    def __init__(self, net: nn.Module, knots: int = MAP_KNOTS) -> None:
+    def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS) -> None:
         super().__init__()
         self.net = net
-        self.map = IntensityMap(knots)
-        self.stride = getattr(net, "stride", 4)
+        self.target = HistogramTarget(knots)
+        self.stride = getattr(net, "stride", 4) if net is not None else 1
+
+    def volume_base(self, volume: torch.Tensor) -> torch.Tensor:
+        """The base channel of a whole normalised (1, X, Y, Z) volume."""
+        return inverted_histogram_match(volume[None].float(), self.target.quantiles.float())[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = self.map(x)
-        y = (base + self.net(x)).clamp(-1.0, 1.0)
-        return torch.where(x[:, :1] > BACKGROUND_LEVEL, y, base)
+        x0 = x[:, :1]
+        base = x[:, 1:2] if x.shape[1] > 1 else inverted_histogram_match(x0, self.target.quantiles)
+        if self.net is None:
+            return base
+        y = (base + self.net(x0)).clamp(-1.0, 1.0)
+        return torch.where(x0 > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
 
 
 def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
     """The generator named by ``config.generator`` (``identity`` is for tests and baselines, ``map`` is the
-    intensity map alone, the classical baseline), wrapped in a :class:`ResidualGenerator` when
+    inverted histogram match alone, the classical baseline), wrapped in a :class:`ResidualGenerator` when
     ``config.residual == "invert"``."""
     if config.generator == "identity":
         return IdentityGenerator()
     if config.generator == "map":
-        return IntensityMap()
+        return ResidualGenerator(None)
     if config.generator in ("resnet9", "resnet6"):
         net: nn.Module = ResnetGenerator(in_channels, out_channels, config.ngf, int(config.generator[-1]),
                                          config.norm, config.dropout, config.upsample)
@@ -229,9 +231,15 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
     return net
 
 
-def intensity_maps(generator: nn.Module) -> list[IntensityMap]:
-    """The :class:`IntensityMap` modules inside a generator (none for a plain network)."""
-    return [m for m in generator.modules() if isinstance(m, IntensityMap)]
+def intensity_maps(generator: nn.Module) -> list[HistogramTarget]:
+    """The :class:`HistogramTarget` modules inside a generator (none for a plain network)."""
+    return [m for m in generator.modules() if isinstance(m, HistogramTarget)]
+
+
+def residual_of(generator: nn.Module) -> ResidualGenerator | None:
+    """The :class:`ResidualGenerator` a (possibly compiled or DDP-wrapped) generator is, or None."""
+    net = getattr(generator, "_orig_mod", getattr(generator, "module", generator))
+    return net if isinstance(net, ResidualGenerator) else None
 
 
 def build_discriminator(config: ModelConfig, in_channels: int = 1) -> nn.Module:
@@ -246,7 +254,7 @@ def build_discriminator(config: ModelConfig, in_channels: int = 1) -> nn.Module:
 def generator_stride(config: ModelConfig) -> int:
     """What the generator's input height and width must be multiples of."""
     return {"unet": UnetGenerator.stride, "identity": IdentityGenerator.stride,
-            "map": IntensityMap.stride}.get(config.generator, ResnetGenerator.stride)
+            "map": 1}.get(config.generator, ResnetGenerator.stride)
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> None:

@@ -366,8 +366,11 @@ def _translate_job(
     client_name: str,
 ) -> None:
     """Runs on a GPU worker thread; turns every failure into a _Reject with a message for the client."""
+    def expect(path: Path, seconds: float) -> None:
+        log.info("translating %s: expected about %.1f s", client_name, seconds)
+
     try:
-        translator.translate_file(in_path, out_path, **options)
+        translator.translate_file(in_path, out_path, on_start=expect, **options)
     except InputError as exc:
         # The message names the server's temporary file; the client knows its file by its own name.
         raise _Reject(400, f"{client_name}: {_scrub(exc.problem, in_path, client_name)}") from None
@@ -530,6 +533,7 @@ def create_app(
     tmp_dir: str | Path | None = None,
     batch_size: int | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> FastAPI:
     """Build the FastAPI app; models are loaded now and stay on the device for the app's lifetime.
 
@@ -544,6 +548,7 @@ def create_app(
         tmp_dir: where per-request folders go (created if missing, left in place); default a private folder
             removed at shutdown.
         batch_size: slices per forward pass (default: the Translator's, 8 on CPU and 64 on CUDA).
+        precision: ``auto`` (bf16 on CUDA and on CPUs with native bf16), ``bf16`` or ``fp32``.
         threads: CPU threads per translation (``torch.set_num_threads`` in each worker); default torch's. On a
             CPU-only server keep it below the core count: a thread team that must share its cores with the
             event loop (and other processes) waits for the scheduler at every layer.
@@ -564,7 +569,8 @@ def create_app(
     limit = int(max_upload_mb * 2**20)
     named = _name_models(models)
     translators = {
-        name: Translator.from_file(path, device=device, batch_size=batch_size) for name, path in named.items()
+        name: Translator.from_file(path, device=device, batch_size=batch_size, precision=precision, threads=threads)
+        for name, path in named.items()
     }
     gpu = GpuQueue(workers=workers, queue_size=queue_size, initializer=_thread_setup(threads))
     own_tmp = tmp_dir is None
@@ -628,6 +634,24 @@ def create_app(
     def health() -> dict[str, Any]:
         """Liveness and load; open even when a token is set (it names no model and takes no input)."""
         return {"status": "ok", "models": len(translators), "queue": gpu.stats()}
+
+    @app.get("/estimate", dependencies=[Depends(check_token)])
+    def estimate(
+        shape: str = Query(..., description="volume shape, e.g. 240x240x155"),
+        model: str | None = Query(None, description="model name (see /models); optional with one model"),
+        axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
+    ) -> dict[str, Any]:
+        """Expected seconds to translate a volume of this shape here (a measured rate of this machine), without
+        the upload and the wait in the queue."""
+        name, translator = pick(model)
+        try:
+            dims = [int(n) for n in shape.lower().split("x")]
+        except ValueError:
+            dims = []
+        if not 2 <= len(dims) <= 3 or min(dims) < 1:
+            raise HTTPException(422, f"shape {shape!r}: give sizes like 240x240x155")
+        return {"model": name, "shape": dims, "axis": axis, "seconds": round(translator.estimate_seconds(dims, axis), 2),
+                "queue": gpu.stats()}
 
     @app.get("/models", dependencies=[Depends(check_token)])
     def list_models() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from medsynth.config import TrainConfig
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
 from medsynth.files import atomic_path, atomic_save, write_atomic
+from medsynth.pictures import save_grid
 from medsynth.io import find_files, is_image2d
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
@@ -111,13 +112,21 @@ class DomainData:
         self.stats = IntensityStats.median([IntensityStats.from_dict(item["image_stats"]) for item in self.items])
         self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
 
+    def add_base(self, target_quantiles: torch.Tensor) -> None:
+        """Stack each volume's inverted-histogram base (see :class:`~medsynth.networks.ResidualGenerator`) as a
+        second channel, computed once on the whole volume as conversion does."""
+        from medsynth.networks import inverted_histogram_match
+
+        self.volumes = [torch.cat([v, inverted_histogram_match(v[:1][None], target_quantiles)[0]])
+                        for v in self.volumes]
+
     def quantiles(self) -> torch.Tensor:
         """The domain's pooled foreground quantiles (normalised units), for the inverted-histogram map and the
         fair baseline."""
         from medsynth.networks import domain_quantiles
 
-        step = max(1, sum(v.numel() for v in self.volumes) // 4_000_000)
-        return domain_quantiles(torch.cat([v.flatten()[::step] for v in self.volumes]))
+        step = max(1, sum(v[:1].numel() for v in self.volumes) // 4_000_000)
+        return domain_quantiles(torch.cat([v[:1].flatten()[::step] for v in self.volumes]))
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -198,9 +207,10 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform_pair.set_random_state(seed=int(seeds[0]))
             x = _plain(self.transform_pair({"image": self.stacked[index],
                                             "image_coverage": self.coverage_pairs[index]})["image"])
-            out["a"], out["b"] = x[:1].contiguous(), x[1:].contiguous()
+            split = self.a.volumes[self.pairs[index][0]].shape[0]
+            out["a"], out["b"] = x[:split].contiguous(), x[split:].contiguous()
             if self.intensity is not None:
-                out["a_target"], out["b_target"] = out["a"], out["b"]
+                out["a_target"], out["b_target"] = out["a"][:1], out["b"][:1]
         else:
             for name, domain, transform, s in (("a", self.a, self.transform_a, seeds[0]),
                                                ("b", self.b, self.transform_b, seeds[1])):
@@ -210,8 +220,10 @@ class SliceDataset(torch.utils.data.Dataset):
                                               "image_coverage": self.coverage[name][index]})["image"])
         if self.intensity is not None:
             for name, s in (("a", seeds[2]), ("b", seeds[3])):
+                # the image channel only: a base channel is the clean volume's, as at conversion
                 self.intensity.set_random_state(seed=int(s))
-                out[name] = _plain(self.intensity({"image": out[name]})["image"])
+                image = _plain(self.intensity({"image": out[name][:1]})["image"])
+                out[name] = torch.cat([image, out[name][1:]])
         return out
 
 
@@ -267,25 +279,6 @@ def fixed_samples(a: DomainData, b: DomainData, axis: str, stride: int, count: i
         return torch.stack([t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(t) for t in tiles])
 
     return stack(slices_a), stack(slices_b)
-
-
-def save_grid(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
-    """Write a PNG grid of [-1, 1] images (rows of equal-size tiles, 2 px gaps), atomically."""
-    from PIL import Image as PILImage
-
-    tiles = [[((t.detach().float().cpu().squeeze().clamp(-1, 1) + 1) * 127.5).round().byte().numpy() for t in row]
-             for row in rows]
-    w, h = tiles[0][0].shape  # shown transposed below
-    gap = 2
-    n_cols = max(len(r) for r in tiles)
-    canvas = np.full((len(tiles) * (h + gap) - gap, n_cols * (w + gap) - gap), 255, np.uint8)
-    for i, row in enumerate(tiles):
-        for j, tile in enumerate(row):
-            # slices are (x, y) in RAS order: transposed and flipped so that anterior (or superior) is up and the
-            # patient's right is on the left, the radiological view of medsynth-eval's figures and of Slicer
-            canvas[i * (h + gap): i * (h + gap) + h, j * (w + gap): j * (w + gap) + w] = np.flipud(tile.T)[:, ::-1]
-    with atomic_path(path) as tmp:
-        PILImage.fromarray(canvas).save(tmp, format="PNG")
 
 
 class Interrupted(Exception):
@@ -403,6 +396,9 @@ class Trainer:
         data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
         pairs = pair_volumes(data_a, data_b) if config.paired else None
         quantiles = (data_a.quantiles(), data_b.quantiles())
+        if config.model.residual == "invert":
+            data_a.add_base(quantiles[1])
+            data_b.add_base(quantiles[0])
         self.stats = {name: data.stats.to_dict() | {"quantiles": [float(v) for v in q]}
                       for name, data, q in zip(config.names, (data_a, data_b), quantiles)}
 
@@ -468,7 +464,8 @@ class Trainer:
                 targets = {"target_a": inputs.get("a_target", inputs["a"]), "target_b": inputs.get("b_target", inputs["b"])}
             losses = model.train_step(inputs["a"], inputs["b"], opt_g, opt_d, generators, discriminators, autocast,
                                       **targets)
-            for sched in schedulers:
+            # without an adversarial term the discriminators never step; their schedule stays where it is
+            for sched in schedulers if config.lambda_adv > 0 else schedulers[:1]:
                 sched.step()
             step += 1
             # training time: data and step, not validation, samples or checkpoints
@@ -589,8 +586,8 @@ class Trainer:
         fake_a = model.g_ba(real_b)
         rec_a, rec_b = model.g_ba(fake_b), model.g_ab(fake_a)
         model.train()
-        rows = [[real_a[i], fake_b[i], rec_a[i]] for i in range(len(real_a))]
-        rows += [[real_b[i], fake_a[i], rec_b[i]] for i in range(len(real_b))]
+        rows = [[real_a[i, :1], fake_b[i], rec_a[i]] for i in range(len(real_a))]
+        rows += [[real_b[i, :1], fake_a[i], rec_b[i]] for i in range(len(real_b))]
         save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", rows)
 
     def _checkpoint_state(self, model: Any, opt_g: Any, opt_d: Any, schedulers: list[Any], step: int,

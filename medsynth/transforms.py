@@ -266,7 +266,8 @@ class RandIntensityAugmentd(Randomizable, MapTransform):
             y = x + 1.0
             for t in self.chain:
                 y = torch.as_tensor(t(y)).float()
-            d[key] = torch.where(foreground, (y - 1.0).clamp(-1.0, 1.0), torch.full_like(x, -1.0))
+            # foreground stays just above the background level, so no tissue turns into background
+            d[key] = torch.where(foreground, (y - 1.0).clamp(-1.0 + 2e-3, 1.0), torch.full_like(x, -1.0))
         return d
 
 

@@ -276,3 +276,93 @@ def test_unwritable_output_format_is_refused_before_translating(tmp_path: Path, 
     src = make_volume(tmp_path, "in.nii.gz")
     assert convert_main([str(src), str(tmp_path / "out.nii.bz2"), "--model", str(tiny_model)]) == 2
     assert "cannot write this format" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- precision, threads, estimate, baseline
+
+
+def _residual_model(path: Path) -> Path:
+    """A tiny untrained residual model whose domains carry training histograms (as a trained one does)."""
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.cyclegan import CycleGAN, export_model
+    from medsynth.networks import domain_quantiles
+
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig(generator="resnet6", ngf=8, residual="invert"), size=32)
+    model = CycleGAN(config)
+    q1 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
+    q2 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000) ** 3)
+    model.set_intensity_maps(q1, q2)
+    stats = {"t1": {"lo": 100.0, "hi": 900.0, "background": 0.0, "threshold": 10.0, "quantiles": q1.tolist()},
+             "t2": {"lo": 200.0, "hi": 1400.0, "background": 0.0, "threshold": 10.0, "quantiles": q2.tolist()}}
+    return export_model(path, config, model.g_ab, model.g_ba, stats)
+
+
+def test_bf16_conversion_equals_fp32_within_tolerance(tmp_path: Path, make_volume, tiny_model: Path) -> None:
+    src = make_volume(tmp_path, "in.nii.gz", shape=(40, 36, 12), contrast="t1")
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        translator = Translator.from_file(tiny_model, device="cpu", precision=precision)
+        assert translator.precision == precision and translator.info()["precision"] == precision
+        outs[precision] = translator.translate(src).array
+    diff = np.abs(outs["fp32"] - outs["bf16"])
+    span = float(outs["fp32"].max() - outs["fp32"].min())
+    # the tolerance the README states: on average under 0.5 % of the output range, 99.9 % of voxels within 3 %
+    assert diff.mean() < 0.005 * span and np.percentile(diff, 99.9) < 0.03 * span
+    assert diff.max() > 0  # two precisions really ran
+
+
+def test_auto_precision_and_threads(tiny_model: Path) -> None:
+    from medsynth.devices import cpu_has_native_bf16
+
+    before = torch.get_num_threads()
+    try:
+        translator = Translator.from_file(tiny_model, device="cpu", threads=1)
+        assert torch.get_num_threads() == 1 and translator.info()["threads"] == 1
+        assert translator.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+        with pytest.raises(InputError, match="--threads"):
+            Translator.from_file(tiny_model, device="cpu", threads=0)
+        with pytest.raises(InputError, match="--precision"):
+            Translator.from_file(tiny_model, device="cpu", precision="fp8")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_estimate_grows_with_the_volume(tiny_model: Path) -> None:
+    translator = Translator.from_file(tiny_model, device="cpu")
+    one = translator.estimate_seconds((64, 64, 20))
+    assert one > 0
+    assert translator.estimate_seconds((64, 64, 40)) == pytest.approx(2 * one, rel=1e-6)
+    assert translator.estimate_seconds((64, 64, 20), "all") > 2.5 * one
+
+
+def test_convert_says_the_expected_duration_first(tmp_path: Path, make_volume, tiny_model: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    src = make_volume(tmp_path, "in.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    assert convert_main([str(src), str(out), "--model", str(tiny_model), "--progress", "lines", "--threads", "1",
+                         "--precision", "fp32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("ESTIMATE ") and float(lines[0].split()[1]) > 0 and lines[0].endswith(str(src))
+    assert lines[1].startswith("PROGRESS")
+
+
+def test_residual_model_and_its_fair_baseline(tmp_path: Path, make_volume) -> None:
+    from medsynth.inference import fair_baseline_translator
+
+    model = _residual_model(tmp_path / "model.pt")
+    src = make_volume(tmp_path, "in.nii.gz", shape=(30, 28, 10), contrast="t1")
+    baseline = fair_baseline_translator(model).translate(src).array
+    data = nib.load(src).get_fdata(dtype=np.float32)
+    inside = data > 50
+    # the inverted histogram match: bright in T1 is dark in T2 (the order of the voxels reverses)
+    rho = np.corrcoef(np.argsort(np.argsort(data[inside])), np.argsort(np.argsort(baseline[inside])))[0, 1]
+    assert rho < -0.95
+    # the residual model starts from it: an untrained correction moves it a little, not far
+    out = Translator.from_file(model, device="cpu", precision="fp32").translate(src).array
+    span = baseline[inside].max() - baseline[inside].min()
+    assert 0 < np.abs(out - baseline)[inside].mean() < 0.2 * span
+    with pytest.raises(InputError, match="training histograms"):
+        from conftest import _write_model
+
+        fair_baseline_translator(_write_model(tmp_path / "old.pt", "resnet6"))

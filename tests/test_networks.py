@@ -53,3 +53,26 @@ def test_init_weights_is_normal_0_002() -> None:
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator(ModelConfig(generator="vit"))
+
+
+def test_inverted_histogram_match_reverses_ranks_onto_the_target() -> None:
+    from medsynth.networks import ResidualGenerator, domain_quantiles, inverted_histogram_match
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16) * 1.8 - 0.9
+    x[:, :, :3] = -1.0  # background
+    target = domain_quantiles(torch.rand(5000) ** 2 * 2 - 1)
+    y = inverted_histogram_match(x, target)
+    assert torch.all(y[:, :, :3] == -1)
+    for i in range(2):
+        fg = x[i] > -1
+        order = torch.argsort(x[i][fg])
+        assert torch.all(torch.diff(y[i][fg][order]) <= 1e-5)  # brighter in, darker out
+        # the output's histogram is the target's
+        assert torch.allclose(domain_quantiles(y[i]), target, atol=0.03)
+    generator = ResidualGenerator(None)
+    generator.target.set(target)
+    assert torch.allclose(generator(x), y)
+    # a given base channel (the whole volume's) is used as it is
+    base = torch.full_like(x, 0.25)
+    assert torch.equal(generator(torch.cat([x, base], 1)), base)

@@ -192,6 +192,22 @@ def test_health_and_models(server: tuple[str, Any], client: httpx.Client, transl
     assert entry["config"]["generator"] == "resnet6" and "/" not in entry["config"]["source"]
 
 
+def test_estimate_before_sending(server: tuple[str, Any], client: httpx.Client, translator: Translator) -> None:
+    from medsynth.client import remote_estimate
+
+    answer = client.get("/estimate", params={"shape": "64x64x20", "axis": "axial"})
+    assert answer.status_code == 200 and answer.json()["shape"] == [64, 64, 20]
+    seconds = answer.json()["seconds"]
+    assert seconds > 0
+    assert client.get("/estimate", params={"shape": "64x64x40"}).json()["seconds"] == pytest.approx(2 * seconds, rel=0.05)
+    assert client.get("/estimate", params={"shape": "64x64x20", "axis": "all"}).json()["seconds"] > 2 * seconds
+    assert client.get("/estimate", params={"shape": "big"}).status_code == 422
+    assert httpx.get(f"{server[0]}/estimate", params={"shape": "8x8x8"}).status_code == 401
+    assert remote_estimate(server[0], (64, 64, 20), token=TOKEN) == pytest.approx(seconds, rel=0.05)
+    with pytest.raises(InputError, match="401"):
+        remote_estimate(server[0], (64, 64, 20))
+
+
 def test_oblique_nifti_round_trip_equals_convert(
     client: httpx.Client, translator: Translator, tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -242,6 +242,21 @@ def test_runner_reports_progress_done_lines_and_the_error_line() -> None:
     assert "Traceback" in runner.stderr
 
 
+def test_runner_reports_the_expected_duration_before_progress() -> None:
+    estimates: list[float] = []
+    events: list[str] = []
+    runner = ProcessRunner(python_child("""
+        print("ESTIMATE 6.250 /tmp/input.nrrd", flush=True)
+        print("PROGRESS 50", flush=True)
+        print("ESTIMATE soon", flush=True)
+    """), on_progress=lambda p: events.append(f"progress {p}"),
+        on_estimate=lambda s: (estimates.append(s), events.append("estimate")), on_line=events.append)
+    runner.start()
+    assert runner.wait(timeout=30) == 0
+    assert estimates == [6.25] and runner.expected_seconds == 6.25
+    assert events == ["estimate", "progress 50", "ESTIMATE soon"]
+
+
 def test_runner_poll_does_not_block() -> None:
     runner = ProcessRunner(python_child("import time; time.sleep(20)"))
     runner.start()

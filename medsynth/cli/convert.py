@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fuse", choices=("mean", "median"), default="mean", help="fusion for --axis all")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default 8 CPU, 64 GPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16, AMX), fp32 elsewhere")
     p.add_argument("--dtype", choices=("float32", "input"), default="float32",
                    help="output voxel type: float32, or the input's own (rounded and clipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
@@ -64,12 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile)
+    translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile,
+                                      precision=args.precision, threads=args.threads)
     translator._resolve_direction(args.direction)
     reporter = Reporter(args.progress, len(inputs))
     if single:
         out = translator.translate_file(source, args.output, args.direction, args.axis, args.fuse, args.dtype,
-                                        args.overwrite, progress=reporter.slices)
+                                        args.overwrite, progress=reporter.slices, on_start=reporter.expect)
         reporter.close()
         if args.progress == "lines":
             print(f"DONE {out}", flush=True)
@@ -77,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {out}", file=sys.stderr)
         return 0
     failures = translator.translate_files(inputs, args.output, args.direction, args.axis, args.fuse, args.dtype,
-                                          args.overwrite, progress=reporter.slices, on_done=reporter.file_done)
+                                          args.overwrite, progress=reporter.slices, on_done=reporter.file_done,
+                                          on_start=reporter.expect)
     reporter.close()
     done = len(inputs) - len(failures)
     print(f"converted {done} of {len(inputs)} files into {args.output}", file=sys.stderr)

@@ -17,6 +17,16 @@ class Reporter:
             if n_files > 1:
                 self.files_bar = tqdm(total=n_files, desc="files", unit="file", position=0)
 
+    def expect(self, path: object, seconds: float) -> None:
+        """Say how long the file in hand should take: ``ESTIMATE <seconds> <file>`` lines for other programs
+        (the Slicer module), one line on stderr above the bars."""
+        import sys
+
+        if self.mode == "lines":
+            print(f"ESTIMATE {seconds:.3f} {path}", flush=True)
+        elif self.mode == "bar":
+            print(f"{path}: expected about {seconds:.0f} s", file=sys.stderr, flush=True)
+
     def slices(self, done: int, total: int) -> None:
         if self.mode == "bar":
             if self.slices_bar is None:

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="translations run at once (default 1)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 8 on CPU, 64 on GPU)")
     parser.add_argument("--threads", type=int, help="CPU threads per translation (default: torch's, all cores)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere")
     parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
@@ -104,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp_dir=args.tmp_dir,
             batch_size=args.batch_size,
             threads=args.threads,
+            precision=args.precision,
         )
         host, port = sock.getsockname()[:2]
         if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

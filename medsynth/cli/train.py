@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from medsynth.config import AXES, GENERATORS, ModelConfig, TrainConfig
+from medsynth.config import AXES, GENERATORS, RECIPES, RESIDUALS, ModelConfig, TrainConfig, recipe_values
 from medsynth.enhance import STEPS
 from medsynth.errors import InputError, exit_on_error
 
@@ -25,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     d, m = TrainConfig(), ModelConfig()
     p = argparse.ArgumentParser(
         prog="medsynth-train",
-        description="Train a 2D slice-wise CycleGAN on two unpaired sets of volumes or 2D images.",
+        description="Train a 2D slice-wise CycleGAN on two unpaired sets of volumes or 2D images (or on registered "
+                    "pairs with --paired). Without a GPU, options not given follow the CPU recipe (--recipe): "
+                    + ", ".join(f"{k} {v}" for k, v in recipe_values("cpu", False).items())
+                    + "; with --paired also " + ", ".join(f"{k} {v}" for k, v in recipe_values("cpu", True).items()
+                                                          if k not in recipe_values("cpu", False))
+                    + ". The defaults shown below are the reference CycleGAN's, used with a GPU.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--t1", nargs="+", metavar="SRC", help="T1 volumes: folders (recursive), globs or files")
@@ -43,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random affine augmentation")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right flips")
     g.add_argument("--enhance", default="", help="enhancement steps applied to the inputs, e.g. clahe,denoise")
+    g.add_argument("--paired", action="store_true",
+                   help="the two sets are registered pairs, matched by case name (same shape and affine): both "
+                        "images of a pair get the same slice and augmentation, and --lambda-paired x L1 joins the "
+                        "objective")
+    g.add_argument("--intensity-augment", action="store_true",
+                   help="random bias field, gamma, histogram shift and noise on the inputs")
     g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
                    help="paired validation: source-domain volumes (matched to --val-t2 by case)")
     g.add_argument("--val-t2", "--val-b", dest="val_b", nargs="+", metavar="SRC", default=[],
@@ -58,25 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dropout", type=float, default=m.dropout, help="dropout in the ResNet blocks")
     n.add_argument("--upsample", choices=("transpose", "nearest"), default=m.upsample,
                    help="ResNet upsampling: transposed convolution (reference) or nearest + convolution")
+    n.add_argument("--residual", choices=RESIDUALS, default=m.residual,
+                   help="invert: learn a correction to the inverted-histogram map (the classical T1<->T2 baseline)")
     n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
     o = p.add_argument_group("objective and schedule")
-    o.add_argument("--steps", type=int, default=d.steps, help="iterations at the initial learning rate")
-    o.add_argument("--decay-steps", type=int, default=d.decay_steps, help="iterations of linear decay to zero")
+    o.add_argument("--recipe", choices=RECIPES, default="auto",
+                   help="defaults for options not given: cpu (see above), reference, or auto (cpu without a GPU)")
+    o.add_argument("--steps", type=int, default=d.steps, help="iterations in all")
+    o.add_argument("--decay-steps", type=int, default=d.decay_steps,
+                   help="the last this many iterations decay the learning rate linearly to zero (default: half)")
     o.add_argument("--batch-size", type=int, default=d.batch_size)
     o.add_argument("--lr", type=float, default=d.lr)
     o.add_argument("--beta1", type=float, default=d.beta1)
     o.add_argument("--beta2", type=float, default=d.beta2)
+    o.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help="adversarial (LSGAN) weight; 0: none")
     o.add_argument("--lambda-cycle", type=float, default=d.lambda_cycle)
     o.add_argument("--lambda-identity", type=float, default=d.lambda_identity,
                    help="identity loss weight, as a fraction of --lambda-cycle")
+    o.add_argument("--lambda-paired", type=float, default=d.lambda_paired,
+                   help="weight of the paired L1 term (with --paired)")
     o.add_argument("--pool-size", type=int, default=d.pool_size, help="image pool of generated images (0: none)")
     r = p.add_argument_group("running")
     r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
-    r.add_argument("--no-amp", dest="amp", action="store_false", help="no bf16 autocast on CUDA")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
+    r.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="no bf16 autocast (default: on CUDA, and on CPUs with native bf16)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the networks")
     r.add_argument("--seed", type=int, default=d.seed)
-    r.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
+    r.add_argument("--workers", type=int, default=d.workers,
+                   help="data loader worker processes (-1: 1 on a CPU, up to 4 with a GPU)")
     r.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss logs")
     r.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between PNG sample grids")
     r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -96,13 +118,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (not a or not b) and not args.resume:
         raise InputError("--t1/--t2" if not generic else "--a/--b", "both domains are needed")
     names = _domain_names(args.names) if args.names else ("t1", "t2")
+    if not args.resume:
+        _apply_recipe(args, _given_options(argv))
     config = TrainConfig(
         a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
-                          norm=args.norm, dropout=args.dropout, upsample=args.upsample),
+                          norm=args.norm, dropout=args.dropout, upsample=args.upsample, residual=args.residual),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
-        lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity, pool_size=args.pool_size,
+        lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
+        pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired,
+        intensity_augment=args.intensity_augment, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
         enhance=[s for s in args.enhance.split(",") if s], seed=args.seed, device=args.device, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
@@ -124,13 +150,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _given_options(argv: Sequence[str] | None) -> set[str]:
+    """The options (argparse destinations) given on this command line, as opposed to defaulted."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def _given_runtime_options(argv: Sequence[str] | None) -> list[str]:
     """The runtime options (see ``medsynth.training.RUNTIME_OPTIONS``) given on this command line: on
     ``--resume`` only these replace the run's saved values, not the parser's defaults."""
     from medsynth.training import RUNTIME_OPTIONS  # torch: only on --resume, after parsing
 
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    given = vars(parser.parse_args(argv))
+    given = _given_options(argv)
     return [key for key in RUNTIME_OPTIONS if key in given]
+
+
+def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
+    """Fill the options not given from ``--recipe`` (``auto``: the CPU recipe when there is no GPU)."""
+    recipe = args.recipe
+    if recipe == "auto":
+        from medsynth.devices import resolve_device  # torch: only when training starts
+
+        recipe = "cpu" if resolve_device(args.device).type == "cpu" else "reference"
+    for key, value in recipe_values(recipe, args.paired).items():
+        if key not in given:
+            setattr(args, key, value)
+    if "steps" in given and "decay_steps" not in given:
+        args.decay_steps = None  # half of the steps given

@@ -294,7 +294,8 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             outputNode = self.ui.outputVolumeSelector.currentNode()
             options = self.currentOptions()
             self.job = self.logic.startJob(
-                inputNode, options, outputNode, onProgress=self.onProgress, onLine=self.onProcessLine
+                inputNode, options, outputNode, onProgress=self.onProgress, onLine=self.onProcessLine,
+                onEstimate=self.onEstimate,
             )
         except Exception as exc:
             self.job = None
@@ -307,6 +308,11 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 0
         self.updateButtons()
         self.timer.start()
+
+    def onEstimate(self, seconds: float) -> None:
+        """medsynth said how long this volume should take (from its shape and a measured rate)."""
+        if self.job is not None:
+            self.setStatus(f"Translating {self.job.input_node.GetName()}: expected about {seconds:.0f} s...")
 
     def onProgress(self, percent: int) -> None:
         self.ui.progressBar.setRange(0, 100)
@@ -464,9 +470,11 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
             setattr(options, name, value)
         return options
 
-    def startJob(self, inputNode, options: ConversionOptions, outputNode=None, onProgress=None, onLine=None) -> ConversionJob:
-        """Start translating ``inputNode``; the caller polls the returned job (the panel does, on a timer)."""
-        job = ConversionJob(slicer.mrmlScene, inputNode, options, outputNode, onProgress, onLine)
+    def startJob(self, inputNode, options: ConversionOptions, outputNode=None, onProgress=None, onLine=None,
+                 onEstimate=None) -> ConversionJob:
+        """Start translating ``inputNode``; the caller polls the returned job (the panel does, on a timer).
+        ``onEstimate`` gets medsynth's expected duration in seconds before the translation starts."""
+        job = ConversionJob(slicer.mrmlScene, inputNode, options, outputNode, onProgress, onLine, onEstimate)
         job.start()
         return job
 

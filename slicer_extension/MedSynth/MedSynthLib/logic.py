@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -205,8 +205,12 @@ class RemoteRunner:
         output_path: Path,
         options: ConversionOptions,
         on_progress: ProgressCallback | None = None,
+        on_estimate: Callable[[float], None] | None = None,
+        shape: tuple[int, ...] | None = None,
     ) -> None:
         self.url = url
+        self.on_estimate = on_estimate
+        self.shape = shape
         self.input_path = input_path
         self.output_path = output_path
         self.options = options
@@ -226,8 +230,14 @@ class RemoteRunner:
 
     def _run(self) -> None:
         try:
-            from medsynth.client import remote_translate
+            from medsynth.client import remote_estimate, remote_translate
 
+            if self.on_estimate is not None and self.shape is not None:
+                try:
+                    self.on_estimate(remote_estimate(self.url, self.shape, model=self.options.model,
+                                                     axis=self.options.axis, token=self.options.token))
+                except Exception:  # an older server without /estimate: translate all the same
+                    pass
             remote_translate(
                 self.url,
                 self.input_path,
@@ -298,8 +308,10 @@ class ConversionJob:
         output_node: Any = None,
         on_progress: ProgressCallback | None = None,
         on_line: LineCallback | None = None,
+        on_estimate: Callable[[float], None] | None = None,
     ) -> None:
         self.scene = scene
+        self.on_estimate = on_estimate
         self.input_node = input_node
         self.options = options or ConversionOptions()
         self.options.validate()
@@ -335,8 +347,10 @@ class ConversionJob:
             input_path = write_volume_node(self.input_node, self.temp_dir / f"input{suffix}")
             output_path = self.output_path = self.temp_dir / f"output{suffix}"
             if self.remote:
+                dims = self.input_node.GetImageData().GetDimensions()
                 self.runner = RemoteRunner(
-                    str(self.options.server_url), input_path, output_path, self.options, self.on_progress
+                    str(self.options.server_url), input_path, output_path, self.options, self.on_progress,
+                    on_estimate=self.on_estimate, shape=tuple(int(n) for n in dims),
                 )
             else:
                 command = build_command(
@@ -355,6 +369,7 @@ class ConversionJob:
                     on_progress=self.on_progress,
                     on_line=self.on_line,
                     cwd=self.temp_dir,
+                    on_estimate=self.on_estimate,
                 )
             self.runner.start()
         except BaseException:

@@ -126,8 +126,9 @@ def error_message(stderr: str, returncode: int | None = None) -> str:
 class ProcessRunner:
     """Starts a command, turns its stdout into progress, and can end its whole process tree.
 
-    Stdout lines ``PROGRESS <percent>`` go to ``on_progress``, ``DONE <path>`` sets :attr:`done_path`, other
-    lines go to ``on_line``; stderr is collected whole in :attr:`stderr`.
+    Stdout lines ``PROGRESS <percent>`` go to ``on_progress``, ``ESTIMATE <seconds> <path>`` (medsynth's expected
+    duration, said before it starts) sets :attr:`expected_seconds` and goes to ``on_estimate``, ``DONE <path>``
+    sets :attr:`done_path`, other lines go to ``on_line``; stderr is collected whole in :attr:`stderr`.
 
     Attributes:
         PIPE_GRACE_S: seconds to keep reading output after the child itself has exited.
@@ -148,8 +149,11 @@ class ProcessRunner:
         on_progress: ProgressCallback | None = None,
         on_line: LineCallback | None = None,
         cwd: str | Path | None = None,
+        on_estimate: Callable[[float], None] | None = None,
     ) -> None:
         self.command = [str(c) for c in command]
+        self.on_estimate = on_estimate
+        self.expected_seconds: float | None = None
         self.env = dict(env) if env is not None else None
         self.on_progress = on_progress
         self.on_line = on_line
@@ -288,6 +292,15 @@ class ProcessRunner:
                 self.progress = max(0, min(100, value))
                 if self.on_progress is not None:
                     self.on_progress(self.progress)
+                return
+        elif word == "ESTIMATE" and rest:
+            try:
+                self.expected_seconds = float(rest.split()[0])
+            except ValueError:
+                pass
+            else:
+                if self.on_estimate is not None:
+                    self.on_estimate(self.expected_seconds)
                 return
         elif word == "DONE" and rest:
             self.done_path = rest.strip()

@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Quality per CPU hour: T1 <-> T2 recipes, each trained leave-one-out over the shared BraTS patients.
+
+For every recipe and every fold (train on all patients but one, validate on that one), a run of
+``medsynth.train`` records held-out masked PSNR / SSIM of both directions against training minutes
+(``metrics.json`` of the run). The figures of a recipe are the mean over its folds at each validation step;
+a recipe is chosen on that mean, never on one patient. The fair baseline of each fold (invert the T1, match
+its histogram to the pooled T2 of the fold's training patients) is scored on the same held-out patient.
+
+Usage::
+
+    python scripts/study_cpu.py --out study/ --minutes 5            # every recipe, every fold
+    python scripts/study_cpu.py --out study/ --recipes paired_residual --minutes 5
+    python scripts/study_cpu.py --out study/ --report-only          # table, JSON and PNG from finished runs
+
+Writes ``scripts/results/study_cpu.{md,json,png}`` (``--results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "brain_t1t2"
+
+#: the networks of the packaged CPU model: small enough to train in minutes on two cores
+BASE: dict[str, Any] = {"model": {"generator": "resnet6", "ngf": 16, "ndf": 32, "upsample": "nearest"},
+                        "size": 128, "batch_size": 1}
+#: recipe -> TrainConfig overrides (``model`` merged into BASE's); ``steps_per_minute`` is planned from a
+#: measurement of the step on this machine so that each fold gets about ``--minutes`` of training
+RECIPES: dict[str, dict[str, Any]] = {
+    # the recipe the previous packaged model was trained with: unpaired, one thread, fp32
+    "unpaired_1thread_fp32": {"threads": 1, "amp": False},
+    # the same objective on both cores with bf16 autocast
+    "unpaired_fast": {},
+    # plain paired L1 regression (no discriminators)
+    "paired": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0},
+    # paired L1 as a correction of the inverted-histogram map, with intensity augmentation of the inputs
+    "paired_residual": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                        "intensity_augment": True, "model": {"residual": "invert"}},
+    # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
+    "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                              "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
+    # mixed: CycleGAN objective plus the paired term (Jin et al. 2019), residual, augmentation
+    "mixed_residual": {"paired": True, "intensity_augment": True, "model": {"residual": "invert"}},
+}
+
+
+def cases() -> list[Path]:
+    """The shared paired patients (folders holding t1.nii.gz and t2.nii.gz)."""
+    return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
+
+
+def build_config(recipe: str, train_cases: list[Path], held_out: Path, out: Path, steps: int,
+                 val_every: int, seed: int = 0) -> Any:
+    """The TrainConfig of one fold."""
+    from medsynth.config import ModelConfig, TrainConfig
+
+    spec = json.loads(json.dumps(BASE))
+    override = json.loads(json.dumps(RECIPES[recipe]))
+    spec["model"].update(override.pop("model", {}))
+    spec.update(override)
+    model = ModelConfig(**spec.pop("model"))
+    return TrainConfig(a=[str(c / "t1.nii.gz") for c in train_cases], b=[str(c / "t2.nii.gz") for c in train_cases],
+                       out=str(out), model=model, steps=steps, val_a=[str(held_out / "t1.nii.gz")],
+                       val_b=[str(held_out / "t2.nii.gz")], val_every=val_every, sample_every=max(steps // 2, 1),
+                       checkpoint_every=steps, log_every=50, seed=seed, **spec)
+
+
+def fair_baseline(run: Path, held_out: Path) -> dict[str, dict[str, float]]:
+    """Masked PSNR/SSIM/MAE of the fair baseline (the run's intensity maps alone) on the held-out patient."""
+    from medsynth.evaluation import masked_metrics
+    from medsynth.inference import fair_baseline_translator
+    from medsynth.io import load_image
+
+    translator = fair_baseline_translator(run / "model.pt", device="cpu")
+    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
+    mask = (t1.array > 0) & (t2.array > 0)
+    out = {}
+    for direction, (src, ref) in zip(translator.directions, ((t1, t2), (t2, t1))):
+        pred = translator.translate(src, direction=direction, axis="axial")
+        out[direction] = masked_metrics(pred.array, ref.array, mask)
+    return out
+
+
+def measure_speed(recipe: str, train_cases: list[Path], tmp: Path, steps: int = 25) -> float:
+    """Seconds per step of a recipe on this machine (a short run, validation off)."""
+    import shutil
+
+    from medsynth.training import train
+
+    out = tmp / f"speed_{recipe}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = build_config(recipe, train_cases, train_cases[0], out, steps, val_every=10**9)
+    config.val_a, config.val_b = [], []
+    config.sample_every = config.checkpoint_every = 10**9
+    import torch
+
+    train(config, progress=False)
+    # the trainer's own clock: data and steps, not start-up
+    seconds = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["train_seconds"]
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds / steps
+
+
+def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes: float,
+             seconds_per_step: float, points: int) -> Path:
+    from medsynth.training import train
+
+    out = root / recipe / fold.name
+    if (out / "model.pt").exists():
+        return out
+    steps = max(int(minutes * 60 / seconds_per_step), 10)
+    train_cases = [c for c in all_cases if c != fold]
+    config = build_config(recipe, train_cases, fold, out, steps, val_every=max(steps // points, 1))
+    print(f"[{recipe} / held out {fold.name}] {steps} steps (~{minutes:g} min at {seconds_per_step:.3f} s/step)",
+          flush=True)
+    train(config, progress=False)
+    baseline = fair_baseline(out, fold)
+    (out / "fair_baseline.json").write_text(json.dumps(baseline, indent=2) + "\n")
+    return out
+
+
+def collect(root: Path) -> dict[str, Any]:
+    """Every finished run's curve, and per recipe the mean over folds at each validation point."""
+    result: dict[str, Any] = {"recipes": {}}
+    for recipe_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in RECIPES):
+        folds = {}
+        for run in sorted(recipe_dir.iterdir()):
+            if not (run / "metrics.json").exists() or not (run / "fair_baseline.json").exists():
+                continue
+            config = json.loads((run / "config.json").read_text())
+            folds[run.name] = {"curve": json.loads((run / "metrics.json").read_text()),
+                               "fair_baseline": json.loads((run / "fair_baseline.json").read_text()),
+                               "steps": config["steps"]}
+        if not folds:
+            continue
+        n_points = min(len(f["curve"]) for f in folds.values())
+        directions = [k for k in next(iter(folds.values()))["fair_baseline"]]
+        mean_curve = []
+        for i in range(n_points):
+            point: dict[str, Any] = {"train_minutes": float(np.mean([f["curve"][i]["train_minutes"] for f in folds.values()]))}
+            for d in directions:
+                point[d] = {m: float(np.mean([f["curve"][i][d][m] for f in folds.values()])) for m in ("psnr", "ssim", "mae")}
+            mean_curve.append(point)
+        baseline = {d: {m: float(np.mean([f["fair_baseline"][d][m] for f in folds.values()])) for m in ("psnr", "ssim", "mae")}
+                    for d in directions}
+        result["recipes"][recipe_dir.name] = {"folds": folds, "mean_curve": mean_curve, "fair_baseline": baseline,
+                                              "spec": RECIPES[recipe_dir.name], "n_folds": len(folds)}
+    return result
+
+
+def report(result: dict[str, Any], results_dir: Path) -> None:
+    """Markdown table, JSON and a PNG of held-out PSNR and SSIM against training minutes."""
+    from medsynth.benchmark import machine_info
+    from medsynth.files import write_atomic
+
+    result["machine"] = machine_info()
+    lines = ["| recipe | folds | train min | T1->T2 PSNR | T1->T2 SSIM | T2->T1 PSNR | T2->T1 SSIM | fair baseline T1->T2 | fair baseline T2->T1 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["recipes"].items():
+        last = r["mean_curve"][-1]
+        d1, d2 = list(r["fair_baseline"])
+        b1, b2 = r["fair_baseline"][d1], r["fair_baseline"][d2]
+        lines.append(f"| {name} | {r['n_folds']} | {last['train_minutes']:.1f} | {last[d1]['psnr']:.2f} | "
+                     f"{last[d1]['ssim']:.3f} | {last[d2]['psnr']:.2f} | {last[d2]['ssim']:.3f} | "
+                     f"{b1['psnr']:.2f} / {b1['ssim']:.3f} | {b2['psnr']:.2f} / {b2['ssim']:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(results_dir / "study_cpu.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(results_dir / "study_cpu.md", "# Quality per CPU minute (leave-one-out means)\n\n" + table + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    for name, r in result["recipes"].items():
+        minutes = [p["train_minutes"] for p in r["mean_curve"]]
+        for col, d in enumerate(list(r["fair_baseline"])):
+            for row, metric in enumerate(("psnr", "ssim")):
+                line, = axes[row][col].plot(minutes, [p[d][metric] for p in r["mean_curve"]], marker="o", label=name)
+    for col, d in enumerate(("t1-to-t2", "t2-to-t1")):
+        baselines = [r["fair_baseline"][d] for r in result["recipes"].values() if d in r["fair_baseline"]]
+        for row, metric in enumerate(("psnr", "ssim")):
+            if baselines:
+                axes[row][col].axhline(float(np.mean([b[metric] for b in baselines])), color="k", ls="--",
+                                       label="fair baseline")
+            axes[row][col].set_title(f"{d}: held-out {metric.upper()} (mean over folds)")
+            axes[row][col].set_xlabel("training minutes (2-core CPU)")
+            axes[row][col].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results_dir / "study_cpu.png", dpi=90)
+    print(f"wrote {results_dir / 'study_cpu.md'}, .json, .png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("study"), help="folder for the runs")
+    p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
+    p.add_argument("--minutes", type=float, default=5.0, help="training minutes per fold (planned from speed)")
+    p.add_argument("--points", type=int, default=5, help="validation points per run")
+    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    if not DATA.exists():
+        print(f"error: {DATA}: the shared BraTS patients are needed", file=sys.stderr)
+        return 2
+    all_cases = cases()
+    if not args.report_only:
+        for recipe in [r for r in args.recipes.split(",") if r]:
+            if recipe not in RECIPES:
+                print(f"error: {recipe}: unknown recipe ({', '.join(RECIPES)})", file=sys.stderr)
+                return 2
+            seconds = measure_speed(recipe, all_cases[:2], args.out)
+            print(f"{recipe}: {seconds:.3f} s/step", flush=True)
+            for fold in all_cases:
+                run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points)
+    report(collect(args.out), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
