@@ -106,3 +106,20 @@ def write_json(name: str, payload: dict[str, Any], folder: Path | None = None) -
     from medsynth.files import write_atomic
 
     return write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def matmul_peak_gflops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int = 2048,
+                       seconds: float = 1.0) -> float:
+    """Measured dense matmul rate (GFLOP/s) of ``n`` x ``n`` matrices: the practical peak the networks are compared
+    with (on this CPU's current thread count)."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.matmul(a, b)
+    sync(device)
+    calls, tic = 0, time.perf_counter()
+    while time.perf_counter() - tic < seconds or calls < 2:
+        torch.matmul(a, b)
+        calls += 1
+    sync(device)
+    return 2 * n**3 * calls / (time.perf_counter() - tic) / 1e9

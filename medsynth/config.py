@@ -31,6 +31,9 @@ class ModelConfig:
         residual: ``none`` (the reference) or ``invert``: the generator adds its output to a fixed monotone
             intensity map (the source's histogram, inverted, matched to the target domain's; learned from the
             training data) and so starts from the classical baseline and learns only what it misses.
+        residual_input: what the residual network sees: ``image`` (the normalised input) or ``base`` (the
+            inverted histogram match itself, whose histogram is the same for every patient: a correction learned
+            on it does not depend on how one scanner's intensities differ from another's).
     """
 
     generator: str = "resnet9"
@@ -41,9 +44,11 @@ class ModelConfig:
     dropout: float = 0.0
     upsample: str = "transpose"
     residual: str = "none"
+    residual_input: str = "image"
 
 
 RESIDUALS = ("none", "invert")
+RESIDUAL_INPUTS = ("image", "base")
 
 
 @dataclass

@@ -185,8 +185,10 @@ class CycleGAN(nn.Module):
         use_cycle = c.lambda_cycle > 0
         use_identity = c.lambda_identity > 0 and use_cycle
         use_paired = target_a is not None and target_b is not None and c.lambda_paired > 0
-        inputs_a, inputs_b = real_a, real_b
-        real_a, real_b = real_a[:, :1], real_b[:, :1]
+        # residual training data carry [image, base, standardised image]: the generators see the first two, the
+        # losses and discriminators the standardised image (plain data: the image alone)
+        inputs_a, inputs_b = real_a[:, :2], real_b[:, :2]
+        real_a, real_b = _loss_image(real_a), _loss_image(real_b)
 
         # generators: the discriminators are only judges here
         self.discriminators.requires_grad_(False)
@@ -207,8 +209,8 @@ class CycleGAN(nn.Module):
             losses["idt_a"] = self.l1(out["idt_a"].float(), real_a) * weight
             losses["idt_b"] = self.l1(out["idt_b"].float(), real_b) * weight
         if use_paired:
-            losses["paired_b"] = self.l1(out["fake_b"].float(), target_b[:, :1]) * c.lambda_paired
-            losses["paired_a"] = self.l1(out["fake_a"].float(), target_a[:, :1]) * c.lambda_paired
+            losses["paired_b"] = self.l1(out["fake_b"].float(), _loss_image(target_b)) * c.lambda_paired
+            losses["paired_a"] = self.l1(out["fake_a"].float(), _loss_image(target_a)) * c.lambda_paired
         if not losses:
             raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
         loss_g = torch.stack(list(losses.values())).sum()
@@ -237,6 +239,11 @@ class CycleGAN(nn.Module):
             losses.update(d_a=loss_d_a, d_b=loss_d_b)
         return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"].detach(),
                                                               "_fake_a": out["fake_a"].detach()}
+
+
+def _loss_image(x: torch.Tensor) -> torch.Tensor:
+    """The channel losses compare with: the standardised image of residual data (channel 2), else the image."""
+    return x[:, 2:3] if x.shape[1] >= 3 else x[:, :1]
 
 
 def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: nn.Module,

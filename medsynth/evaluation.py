@@ -356,6 +356,8 @@ def _score_case(
     source_path: Path | None,
     mask_path: Path | None,
     ct: bool | None,
+    fair: Any = None,
+    direction: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics row for one case, and the arrays the figure needs."""
     pred, _ = _load(pred_path, allow_constant=True)
@@ -393,6 +395,14 @@ def _score_case(
             base.update(ct_metrics(baseline, ref, mask))
         row.update({f"baseline_{k}": v for k, v in base.items()})
         row["psnr_gain"] = row["psnr"] - row["baseline_psnr"]
+        if fair is not None:
+            # the fair baseline needs nothing a user lacks: the training histograms the model carries
+            fair_pred = fair.translate(source_path, direction=direction).array
+            fair_scores = masked_metrics(fair_pred, ref, mask)
+            if is_ct:
+                fair_scores.update(ct_metrics(fair_pred, ref, mask))
+            row.update({f"fair_baseline_{k}": v for k, v in fair_scores.items()})
+            row["fair_psnr_gain"] = row["psnr"] - row["fair_baseline_psnr"]
     row.update(
         {
             "ct": is_ct,
@@ -448,6 +458,8 @@ def evaluate(
     out_dir: str | Path | None = None,
     ct: bool | None = None,
     *,
+    model: str | Path | None = None,
+    direction: str | None = None,
     argv: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score predicted images against references, case by case.
@@ -455,7 +467,12 @@ def evaluate(
     Args:
         pred: prediction files, folders (searched recursively) or globs.
         ref: reference files, folders or globs; paired with predictions by :func:`pair_cases`.
-        source: source images, to also score the classical baseline (:func:`baseline_translate`).
+        source: source images, to also score the classical baseline (:func:`baseline_translate`; it matches the
+            reference's own histogram, an oracle no user has) and, with ``model``, the fair baseline.
+        model: the model whose predictions these are (``"default"``: the packaged one): with ``source``, also score the fair baseline (invert the
+            source, match its histogram to the target domain's training histogram that the model carries; see
+            :func:`medsynth.inference.fair_baseline_translator`) as ``fair_baseline_*`` and ``fair_psnr_gain``.
+        direction: the model's direction the predictions were made in (default: its first).
         mask: mask images; default: reference (and source) foreground, see :func:`foreground_mask`.
         out_dir: when given, write ``metrics.csv``, ``metrics.json`` and ``<case>.png`` there.
         ct: score as CT in HU too (:func:`ct_metrics`); ``None`` detects CT per case (reference values
@@ -475,9 +492,15 @@ def evaluate(
         if out.exists() and not out.is_dir():
             raise InputError(out, "report folder is a file")
         out.mkdir(parents=True, exist_ok=True)
+    fair = None
+    if model is not None and source is not None:
+        from medsynth.inference import fair_baseline_translator  # torch: only when a model is named
+
+        fair = fair_baseline_translator(None if str(model) == "default" else model, device="cpu")
+        fair._resolve_direction(direction)
     rows = []
     for case, p, r, s, m in tqdm(cases, desc="evaluating", unit="case", disable=None, file=sys.stderr):
-        row, arrays = _score_case(case, p, r, s, m, ct)
+        row, arrays = _score_case(case, p, r, s, m, ct, fair, direction)
         if out is not None:
             _write_figure(row, arrays, out / f"{_safe_name(case)}.png")
         rows.append(row)
@@ -489,6 +512,8 @@ def evaluate(
             "mask": None if mask is None else ([mask] if isinstance(mask, str) else list(map(str, mask))),
             "out": str(out),
             "ct": ct,
+            "model": None if model is None else str(model),
+            "direction": direction,
         }
         if argv is not None:
             arguments["argv"] = ["medsynth-eval", *argv]

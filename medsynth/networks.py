@@ -157,13 +157,20 @@ def inverted_histogram_match(x: torch.Tensor, target: torch.Tensor) -> torch.Ten
     on its own foreground: a voxel at rank r of its image's histogram gets the value at rank 1 - r of the
     target domain's (``target``: :func:`domain_quantiles` of the target domain). Background stays -1.
     """
+    return histogram_match(x, target, invert=True)
+
+
+def histogram_match(x: torch.Tensor, target: torch.Tensor, invert: bool = False) -> torch.Tensor:
+    """Match each leading-dimension item's foreground histogram to ``target`` quantiles (rank r gets the target's
+    value at rank r, or 1 - r with ``invert``). Without inversion, onto its own domain's quantiles, it is
+    histogram standardisation: every patient's tissues at the same levels."""
     n = x.shape[0]
     flat = x.detach().float().reshape(n, -1)
     knots = target.numel()
     own = torch.stack([domain_quantiles(row, knots) for row in flat]).to(flat.device)
     grid = torch.linspace(0.0, 1.0, knots, device=flat.device).expand(n, knots)
     ranks = _interp(flat, own, grid)
-    out = _interp(1.0 - ranks, grid, target.float().to(flat.device).expand(n, knots))
+    out = _interp(1.0 - ranks if invert else ranks, grid, target.float().to(flat.device).expand(n, knots))
     out = torch.where(flat > BACKGROUND_LEVEL, out, torch.full_like(out, -1.0))
     return out.reshape(x.shape).to(x.dtype)
 
@@ -187,12 +194,18 @@ class ResidualGenerator(nn.Module):
     for a one-channel input (a generated image in the cycle), of each slice on its own. On few training
     patients this generalises better than learning the whole contrast change: an unseen tumour that is dark in
     T1 already comes out bright in T2 from the base. The background stays -1. Without ``net`` it is the
-    baseline alone.
+    baseline alone. ``net_input="base"`` shows the network the base instead of the image.
     """
 
-    def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS) -> None:
+    def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS, net_input: str = "image") -> None:
         super().__init__()
+        if net_input not in ("image", "base"):
+            raise ValueError(f"unknown residual input {net_input!r}: use image or base")
         self.net = net
+        self.net_input = net_input
+        # ReZero-style gate, zero at the start: an untrained network is exactly the baseline (a randomly
+        # initialised one would add noise of a third of the range and start far below it)
+        self.gate = nn.Parameter(torch.zeros(()))
         self.target = HistogramTarget(knots)
         self.stride = getattr(net, "stride", 4) if net is not None else 1
 
@@ -205,7 +218,7 @@ class ResidualGenerator(nn.Module):
         base = x[:, 1:2] if x.shape[1] > 1 else inverted_histogram_match(x0, self.target.quantiles)
         if self.net is None:
             return base
-        y = (base + self.net(x0)).clamp(-1.0, 1.0)
+        y = (base + self.gate.to(base.dtype) * self.net(x0 if self.net_input == "image" else base)).clamp(-1.0, 1.0)
         return torch.where(x0 > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
 
 
@@ -225,7 +238,7 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
     else:
         raise ValueError(f"unknown generator {config.generator!r}: use resnet9, resnet6 or unet")
     if getattr(config, "residual", "none") == "invert":
-        return ResidualGenerator(net)
+        return ResidualGenerator(net, net_input=getattr(config, "residual_input", "image"))
     if getattr(config, "residual", "none") != "none":
         raise ValueError(f"unknown residual {config.residual!r}: use none or invert")
     return net

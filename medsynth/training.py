@@ -113,12 +113,15 @@ class DomainData:
         self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
 
     def add_base(self, target_quantiles: torch.Tensor) -> None:
-        """Stack each volume's inverted-histogram base (see :class:`~medsynth.networks.ResidualGenerator`) as a
-        second channel, computed once on the whole volume as conversion does."""
-        from medsynth.networks import inverted_histogram_match
+        """Stack two channels onto each volume for residual generators: the inverted-histogram base (see
+        :class:`~medsynth.networks.ResidualGenerator`), computed on the whole volume as conversion does, and the
+        volume standardised onto its own domain's pooled histogram, which the losses compare with (so that the
+        training patients' tissues sit at the same levels, whatever their scanners made of them)."""
+        from medsynth.networks import histogram_match, inverted_histogram_match
 
-        self.volumes = [torch.cat([v, inverted_histogram_match(v[:1][None], target_quantiles)[0]])
-                        for v in self.volumes]
+        own = self.quantiles()
+        self.volumes = [torch.cat([v, inverted_histogram_match(v[:1][None], target_quantiles)[0],
+                                   histogram_match(v[:1][None], own)[0]]) for v in self.volumes]
 
     def quantiles(self) -> torch.Tensor:
         """The domain's pooled foreground quantiles (normalised units), for the inverted-histogram map and the
@@ -210,7 +213,7 @@ class SliceDataset(torch.utils.data.Dataset):
             split = self.a.volumes[self.pairs[index][0]].shape[0]
             out["a"], out["b"] = x[:split].contiguous(), x[split:].contiguous()
             if self.intensity is not None:
-                out["a_target"], out["b_target"] = out["a"][:1], out["b"][:1]
+                out["a_target"], out["b_target"] = out["a"], out["b"]
         else:
             for name, domain, transform, s in (("a", self.a, self.transform_a, seeds[0]),
                                                ("b", self.b, self.transform_b, seeds[1])):

@@ -1,14 +1,20 @@
-"""Conversion speed: medsynth's Translator against a one-slice-at-a-time fp32 loop, side by side in one run.
+"""Conversion speed, side by side in one run: a naive loop, medsynth axial and medsynth fused.
 
-The volume is the packaged 240 x 240 x 155 sample T1 (or a synthetic one of that size). Rows:
-- ``naive``: the same generator, one axial slice per forward pass, fp32, eager (model already loaded);
-- ``medsynth <axis>``: ``Translator.translate_array`` end to end without model loading (reorientation,
-  normalisation, batched SliceInferer, intensity mapping, inverse reorientation), per axis and fused;
-- ``--big``: a 512 x 512 x 400 float volume, axial, in a child process, for its peak memory (target < 4 GB on CPU).
-Figures: seconds per volume, slices/s, speed-up over naive, achieved TFLOP/s and fraction of the GPU's bf16 peak
-(generator FLOPs per slice from torch's FLOP counter), peak memory. Prints a table, writes JSON to scripts/results/.
+Rows (the packaged model unless ``--model``; the packaged 240 x 240 x 155 sample T1):
+- ``naive``: one axial slice per forward pass, fp32, one thread, eager, the volume already normalised and the
+  model already loaded (generous to it: no reading, statistics, reorientation or writing);
+- ``medsynth-convert axial`` / ``all``: the whole ``medsynth-convert IN OUT`` process as a user runs it (Python
+  start, imports, model loading, reading, statistics, translation, writing), on every usable core, precision
+  ``auto`` (bf16 where the CPU has it natively); its peak memory from the kernel;
+- the same translations in this process, to split their time: seconds inside the generators (the
+  ``Translator``'s own clock) against everything else, and the generators' achieved GFLOP/s against this
+  machine's bf16 (and fp32) matmul rate measured in the same run;
+- fp32 against bf16: the output difference (mean, 99.9th percentile, maximum, as a share of the output range)
+  and a difference-map PNG to look at;
+- ``--big``: a 512 x 512 x 400 float volume, axial, in a child process, for its peak memory (target < 4 GB).
 
-usage: python scripts/bench_convert.py [--model M | --generator resnet9 --ngf 64] [--repeats 3] [--big]
+usage: python scripts/bench_convert.py [--model M] [--repeats 2] [--big] [--device cpu]
+Prints a table and writes scripts/results/bench_convert_<cpu|gpu>.json (and bench_convert_bf16_diff.png).
 """
 
 from __future__ import annotations
@@ -16,153 +22,220 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from medsynth.benchmark import count_flops, machine, peak_rss_mb, sync, table, write_json  # noqa: E402
-from medsynth.inference import Translator  # noqa: E402
+from medsynth.benchmark import count_flops, machine, matmul_peak_gflops, sync, table, write_json  # noqa: E402
+from medsynth.devices import set_threads  # noqa: E402
+from medsynth.inference import Translator, default_model_path  # noqa: E402
 
-
-def make_translator(args: argparse.Namespace, device: str) -> Translator:
-    """The packaged (or given) model, or an untrained generator of the requested size."""
-    if args.model or args.generator is None:
-        return Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile)
-    from medsynth.config import ModelConfig, TrainConfig
-    from medsynth.networks import build_generator, init_weights
-
-    config = TrainConfig(model=ModelConfig(args.generator, args.ngf, args.ngf))
-    nets = [build_generator(config.model) for _ in range(2)]
-    for net in nets:
-        init_weights(net)
-    stats = {n: {"lo": 0.0, "hi": 1000.0, "background": 0.0, "threshold": 10.0} for n in config.names}
-    return Translator(nets[0], nets[1], config, stats, device=device, batch_size=args.batch_size,
-                      compile=args.compile)
+AXIS_SLICES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
-def load_volume() -> tuple[np.ndarray, np.ndarray, str]:
+def sample_path() -> Path:
     from medsynth.demo import SAMPLE_T1
 
-    if SAMPLE_T1.exists():
-        import nibabel as nib
-
-        img = nib.load(SAMPLE_T1)
-        return img.get_fdata(dtype=np.float32), img.affine, "packaged sample T1"
-    from tests.conftest import phantom  # pragma: no cover - only without the packaged sample
-
-    return phantom((240, 240, 155)), np.eye(4), "synthetic phantom"
+    return Path(SAMPLE_T1)
 
 
 def naive_loop(translator: Translator, volume: np.ndarray, direction: str) -> float:
-    """One slice per forward pass, fp32, eager, contiguous; the volume already normalised (generous to it)."""
+    """One slice per forward pass, fp32, one thread, eager; the volume already normalised (generous to it)."""
+    import copy
+
+    from medsynth.networks import residual_of
     from medsynth.transforms import intensity_stats, normalise
 
-    net = translator.networks[direction]
-    net = getattr(net, "_orig_mod", net).to(memory_format=torch.contiguous_format)
-    x = normalise(torch.from_numpy(volume), intensity_stats(volume))
+    net = copy.deepcopy(translator.networks[direction]).float().to(memory_format=torch.contiguous_format)
+    x = normalise(torch.from_numpy(volume), intensity_stats(volume))[None]
+    residual = residual_of(net)
+    if residual is not None:
+        x = torch.cat([x, residual.volume_base(x)])
     s = translator.stride
-    h, w = (int(math.ceil(n / s) * s) for n in x.shape[:2])
-    sync(translator.device)
-    tic = time.perf_counter()
-    with torch.no_grad():
-        for k in range(x.shape[2]):
-            sl = torch.full((1, 1, h, w), -1.0)
-            sl[0, 0, : x.shape[0], : x.shape[1]] = x[:, :, k]
-            out = net(sl.to(translator.device))
-            _ = out[0, 0, : x.shape[0], : x.shape[1]].cpu()
-    sync(translator.device)
-    if translator.channels_last:
-        net.to(memory_format=torch.channels_last)
-    return time.perf_counter() - tic
+    h, w = (int(math.ceil(n / s) * s) for n in x.shape[1:3])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tic = time.perf_counter()
+        with torch.no_grad():
+            for k in range(x.shape[3]):
+                sl = torch.full((1, x.shape[0], h, w), -1.0)
+                sl[0, :, : x.shape[1], : x.shape[2]] = x[:, :, :, k]
+                _ = net(sl)[0, 0, : x.shape[1], : x.shape[2]].clone()
+        return time.perf_counter() - tic
+    finally:
+        torch.set_num_threads(threads)
 
 
-def big_volume_child(args: argparse.Namespace) -> dict:
+def convert_process(src: Path, axis: str, model: str | None, device: str, precision: str) -> dict:
+    """The whole ``medsynth-convert`` process: wall seconds and its peak resident memory."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.nii.gz"
+        cmd = [sys.executable, "-m", "medsynth", "convert", str(src), str(out), "--axis", axis, "--device", device,
+               "--precision", precision, "--progress", "none"]
+        if model:
+            cmd += ["--model", model]
+        env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        tic = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+        seconds = time.perf_counter() - tic
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the largest child so far: only a new maximum is this child's own
+    return {"seconds": seconds, "peak_rss_mb": peak / 1024 if peak > before else None}
+
+
+def in_process(translator: Translator, src: Path, axis: str, direction: str) -> dict:
+    """``translate_file`` in this process, split into time in the generators and time around them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        translator.network_seconds = 0.0
+        translator.time_network = True
+        sync(translator.device)
+        tic = time.perf_counter()
+        translator.translate_file(src, Path(tmp) / "out.nii.gz", direction, axis=axis)
+        sync(translator.device)
+        total = time.perf_counter() - tic
+    return {"in_process_seconds": total, "network_seconds": translator.network_seconds,
+            "outside_share": 1 - translator.network_seconds / total}
+
+
+def big_volume_child(model: str | None, device: str) -> dict:
     """Peak memory of a 512 x 512 x 400 axial conversion, measured in a fresh process."""
     code = (
-        "import json, time, numpy as np, torch, sys; sys.path.insert(0, '.');"
-        "from medsynth.benchmark import peak_rss_mb; from scripts.bench_convert import make_translator;"
-        "import argparse; a = argparse.Namespace(**json.loads(sys.argv[1]));"
-        "t = make_translator(a, a.device); rng = np.random.default_rng(0);"
-        "v = np.zeros((512, 512, 400), np.float32); v[60:450, 50:460, 20:380] = 100 + 900 * rng.random((390, 410, 360), dtype=np.float32);"
+        "import json, time, sys, numpy as np, torch; sys.path.insert(0, '.');"
+        "from medsynth.benchmark import peak_rss_mb; from medsynth.inference import Translator;"
+        "t = Translator.from_file(json.loads(sys.argv[1]), device=sys.argv[2]); rng = np.random.default_rng(0);"
+        "v = np.zeros((512, 512, 400), np.float32);"
+        "v[60:450, 50:460, 20:380] = 100 + 900 * rng.random((390, 410, 360), dtype=np.float32);"
         "r0 = peak_rss_mb(); tic = time.perf_counter(); out = t.translate_array(v, np.eye(4), axis='axial');"
         "print(json.dumps({'seconds': time.perf_counter() - tic, 'peak_rss_mb': peak_rss_mb(), 'rss_before_mb': r0,"
         "'gpu_peak_mb': torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}))"
     )
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", code, json.dumps(vars(args))], cwd=root, capture_output=True,
-                            text=True, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(model), device], cwd=ROOT, capture_output=True,
+                            text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def precision_difference(model: str | None, device: str, src: Path, out_png: Path) -> dict:
+    """fp32 against bf16 on the sample, axial: difference statistics and a difference-map PNG."""
+    from medsynth.io import load_image
+
+    image = load_image(src)
+    outs = {p: Translator.from_file(model, device=device, precision=p).translate(image).array for p in ("fp32", "bf16")}
+    diff = np.abs(outs["fp32"] - outs["bf16"])
+    fg = image.array > 0
+    span = float(np.percentile(outs["fp32"][fg], 99.5) - np.percentile(outs["fp32"][fg], 0.5))
+    stats = {"span": span, "mean": float(diff[fg].mean()), "p99_9": float(np.percentile(diff[fg], 99.9)),
+             "max": float(diff.max())}
+    stats.update({f"{k}_share": stats[k] / span for k in ("mean", "p99_9", "max")})
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = image.array.shape[2] // 2
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    for ax, (title, data, kw) in zip(axes, (
+            ("fp32", outs["fp32"][:, :, k], {"cmap": "gray"}),
+            ("bf16", outs["bf16"][:, :, k], {"cmap": "gray"}),
+            ("|fp32 - bf16| (same grey scale x 10)", diff[:, :, k] * 10, {"cmap": "gray"}))):
+        vmax = float(np.percentile(outs["fp32"][fg], 99.5))
+        ax.imshow(np.flipud(data.T)[:, ::-1], vmin=0, vmax=vmax, **kw)
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"packaged model, axial slice {k}: mean |diff| {stats['mean_share']:.2%} of the range, "
+                 f"99.9th pct {stats['p99_9_share']:.2%}")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return stats
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model.pt (default: the packaged one, or --generator)")
-    p.add_argument("--generator", default=None, help="time an untrained generator instead, e.g. resnet9")
-    p.add_argument("--ngf", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--model", default=None, help="model.pt (default: the packaged one)")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per row (best is kept)")
-    p.add_argument("--axes", default="axial,coronal,sagittal,all")
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--tag", default=None, help="results file suffix (default cpu or gpu)")
     args = p.parse_args()
-    translator = make_translator(args, args.device)
+    os.environ.pop("OMP_NUM_THREADS", None)
+    set_threads(None)
+    src = sample_path()
+    translator = Translator.from_file(args.model, device=args.device, precision=args.precision)
     device = translator.device
-    volume, affine, what = load_volume()
+    from medsynth.io import load_image
+
+    volume = load_image(src).array
     direction = translator.directions[0]
     info = machine()
-    peak = info.get("gpu_bf16_peak_tflops")
+    info["precision"] = translator.precision
     s = translator.stride
-    example = torch.zeros(1, 1, int(math.ceil(240 / s) * s), int(math.ceil(240 / s) * s), device=device)
-    net = translator.networks[direction]
+    in_ch = 2 if getattr(translator.config.model, "residual", "none") == "invert" else 1
+    example = torch.zeros(1, in_ch, int(math.ceil(240 / s) * s), int(math.ceil(240 / s) * s))
+    import copy
+
+    fp32_net = copy.deepcopy(translator.networks[direction]).float()
     with torch.no_grad():
-        flops_per_slice = count_flops(lambda: getattr(net, "_orig_mod", net)(example))
-    translator.translate_array(volume[:, :, :8], affine, direction)  # warm-up (and compilation)
+        flops_per_slice = count_flops(lambda: fp32_net(example))
+    peaks = {"bf16_matmul_gflops": matmul_peak_gflops(device, torch.bfloat16),
+             "fp32_matmul_gflops": matmul_peak_gflops(device, torch.float32)}
+    translator.translate_array(volume[:, :, :8], np.eye(4), direction)  # warm-up
     rows = []
     naive = min(naive_loop(translator, volume, direction) for _ in range(args.repeats))
-    rows.append({"mode": "naive: 1 slice/pass fp32, axial", "seconds": naive, "slices": volume.shape[2]})
-    for axis in args.axes.split(","):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        best = math.inf
-        for _ in range(args.repeats):
-            sync(device)
-            tic = time.perf_counter()
-            translator.translate_array(volume, affine, direction, axis=axis)
-            sync(device)
-            best = min(best, time.perf_counter() - tic)
-        slices = sum(volume.shape[i] for i in (0, 1, 2)) if axis == "all" else volume.shape[{"sagittal": 0, "coronal": 1, "axial": 2}[axis]]
-        row = {"mode": f"medsynth {axis}" + (" (3 axes fused)" if axis == "all" else ""), "seconds": best,
-               "slices": slices}
-        if device.type == "cuda":
-            row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
+    rows.append({"mode": "naive: 1 slice/pass, fp32, 1 thread (network only)", "seconds": naive,
+                 "slices": volume.shape[2], "network_seconds": naive})
+    for axis in ("axial", "all"):
+        runs = [convert_process(src, axis, args.model, args.device, args.precision) for _ in range(args.repeats)]
+        best = min(runs, key=lambda r: r["seconds"])
+        split = min((in_process(translator, src, axis, direction) for _ in range(args.repeats)),
+                    key=lambda r: r["in_process_seconds"])
+        slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
+        rows.append({"mode": f"medsynth-convert {axis} (whole process)", "seconds": best["seconds"], "slices": slices,
+                     "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None, **split})
     for row in rows:
         row["slices_per_s"] = row["slices"] / row["seconds"]
-        row["speedup_vs_naive"] = (naive / volume.shape[2]) / (row["seconds"] / row["slices"])
-        row["tflops"] = flops_per_slice * row["slices"] / row["seconds"] / 1e12
-        row["peak_fraction"] = row["tflops"] / peak if peak else None
-    rows[0]["peak_rss_mb"] = peak_rss_mb()
+        row["vs_naive"] = naive / row["seconds"] * (row["slices"] / volume.shape[2])
+        net_s = row.get("network_seconds")
+        if net_s:
+            row["network_gflops"] = flops_per_slice * row["slices"] / net_s / 1e9
+            row["share_of_bf16_peak"] = row["network_gflops"] / peaks["bf16_matmul_gflops"]
+        if "network_seconds" in row and row is not rows[0]:
+            # of the whole process: everything that is not the generators (start-up, imports, I/O, statistics)
+            row["outside_share_of_process"] = 1 - row["network_seconds"] / row["seconds"]
     if args.big:
-        big = big_volume_child(args)
+        big = big_volume_child(args.model, args.device)
         rows.append({"mode": "medsynth axial 512x512x400 (child process)", "seconds": big["seconds"], "slices": 400,
                      "slices_per_s": 400 / big["seconds"], "peak_rss_mb": big["peak_rss_mb"],
                      "peak_gpu_mb": big["gpu_peak_mb"]})
-    columns = ["mode", "seconds", "slices_per_s", "speedup_vs_naive", "tflops", "peak_fraction", "peak_gpu_mb",
-               "peak_rss_mb"]
+    tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    diff = precision_difference(args.model, args.device, src, ROOT / "scripts" / "results" / f"bench_convert_bf16_diff_{tag}.png")
+    columns = ["mode", "seconds", "slices_per_s", "vs_naive", "network_seconds", "outside_share_of_process",
+               "outside_share", "network_gflops", "share_of_bf16_peak", "peak_rss_mb"]
     cfg = translator.config.model
-    print(f"{what} {volume.shape}, {cfg.generator} ngf {cfg.ngf}, {flops_per_slice / 1e9:.1f} GFLOP per 240x240 "
-          f"slice, device {info.get('gpu', info['cpu'])}, batch {translator.batch_size}, threads {info['torch_threads']}")
+    print(f"{src.name} {volume.shape}, {cfg.generator} ngf {cfg.ngf}{' residual' if in_ch == 2 else ''}, "
+          f"{flops_per_slice / 1e9:.2f} GFLOP per 240x240 slice; {info.get('gpu', info['cpu'])}, "
+          f"{torch.get_num_threads()} threads, precision {translator.precision}, batch {translator.batch_size}")
+    print(f"measured matmul peak: bf16 {peaks['bf16_matmul_gflops']:.0f} GFLOP/s, fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s")
     print(table(rows, columns))
-    path = write_json("bench_convert", {"machine": info, "volume": what, "shape": list(volume.shape),
-                                        "generator": cfg.generator, "ngf": cfg.ngf,
-                                        "gflop_per_slice": flops_per_slice / 1e9, "args": vars(args), "rows": rows})
+    print(f"bf16 vs fp32 (axial, foreground): mean {diff['mean_share']:.3%}, 99.9th pct {diff['p99_9_share']:.3%}, "
+          f"max {diff['max_share']:.2%} of the output range")
+    path = write_json("bench_convert", {
+        "machine": info, "volume": str(src.name), "shape": list(volume.shape), "model": str(args.model or default_model_path().name),
+        "generator": cfg.generator, "ngf": cfg.ngf, "gflop_per_slice": flops_per_slice / 1e9, "peaks": peaks,
+        "bf16_vs_fp32": diff, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

@@ -44,6 +44,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # paired L1 as a correction of the inverted-histogram map, with intensity augmentation of the inputs
     "paired_residual": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                         "intensity_augment": True, "model": {"residual": "invert"}},
+    # the same, the network seeing the inverted histogram match (the same histogram for every patient)
+    "paired_residual_std": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                            "intensity_augment": True, "model": {"residual": "invert", "residual_input": "base"}},
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -158,7 +161,7 @@ def collect(root: Path) -> dict[str, Any]:
 
 def report(result: dict[str, Any], results_dir: Path) -> None:
     """Markdown table, JSON and a PNG of held-out PSNR and SSIM against training minutes."""
-    from medsynth.benchmark import machine_info
+    from medsynth.benchmark import machine as machine_info
     from medsynth.files import write_atomic
 
     result["machine"] = machine_info()

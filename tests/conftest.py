@@ -81,6 +81,27 @@ def _write_model(path: Path, generator: str, ngf: int = 4, names: tuple[str, str
     return export_model(path, config, nets[0], nets[1], stats)
 
 
+def write_residual_model(path: Path, gate: float = 0.0) -> Path:
+    """A tiny untrained residual model whose domains carry training histograms (as a trained one does);
+    ``gate`` opens its correction (zero, as at the start of training, leaves the baseline alone)."""
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.cyclegan import CycleGAN, export_model
+    from medsynth.networks import domain_quantiles
+
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig(generator="resnet6", ngf=8, residual="invert"), size=32)
+    model = CycleGAN(config)
+    q1 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
+    q2 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000) ** 3)
+    model.set_intensity_maps(q1, q2)
+    with torch.no_grad():
+        for net in (model.g_ab, model.g_ba):
+            net.gate.fill_(gate)
+    stats = {"t1": {"lo": 100.0, "hi": 900.0, "background": 0.0, "threshold": 10.0, "quantiles": q1.tolist()},
+             "t2": {"lo": 200.0, "hi": 1400.0, "background": 0.0, "threshold": 10.0, "quantiles": q2.tolist()}}
+    return export_model(path, config, model.g_ab, model.g_ba, stats)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model.pt with tiny untrained ResNet-6 generators (ngf 4), domains ("t1", "t2")."""

@@ -281,23 +281,6 @@ def test_unwritable_output_format_is_refused_before_translating(tmp_path: Path, 
 # ------------------------------------------------------------------- precision, threads, estimate, baseline
 
 
-def _residual_model(path: Path) -> Path:
-    """A tiny untrained residual model whose domains carry training histograms (as a trained one does)."""
-    from medsynth.config import ModelConfig, TrainConfig
-    from medsynth.cyclegan import CycleGAN, export_model
-    from medsynth.networks import domain_quantiles
-
-    torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(generator="resnet6", ngf=8, residual="invert"), size=32)
-    model = CycleGAN(config)
-    q1 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
-    q2 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000) ** 3)
-    model.set_intensity_maps(q1, q2)
-    stats = {"t1": {"lo": 100.0, "hi": 900.0, "background": 0.0, "threshold": 10.0, "quantiles": q1.tolist()},
-             "t2": {"lo": 200.0, "hi": 1400.0, "background": 0.0, "threshold": 10.0, "quantiles": q2.tolist()}}
-    return export_model(path, config, model.g_ab, model.g_ba, stats)
-
-
 def test_bf16_conversion_equals_fp32_within_tolerance(tmp_path: Path, make_volume, tiny_model: Path) -> None:
     src = make_volume(tmp_path, "in.nii.gz", shape=(40, 36, 12), contrast="t1")
     outs = {}
@@ -348,9 +331,11 @@ def test_convert_says_the_expected_duration_first(tmp_path: Path, make_volume, t
 
 
 def test_residual_model_and_its_fair_baseline(tmp_path: Path, make_volume) -> None:
+    from conftest import write_residual_model
+
     from medsynth.inference import fair_baseline_translator
 
-    model = _residual_model(tmp_path / "model.pt")
+    model = write_residual_model(tmp_path / "model.pt")
     src = make_volume(tmp_path, "in.nii.gz", shape=(30, 28, 10), contrast="t1")
     baseline = fair_baseline_translator(model).translate(src).array
     data = nib.load(src).get_fdata(dtype=np.float32)
@@ -358,10 +343,13 @@ def test_residual_model_and_its_fair_baseline(tmp_path: Path, make_volume) -> No
     # the inverted histogram match: bright in T1 is dark in T2 (the order of the voxels reverses)
     rho = np.corrcoef(np.argsort(np.argsort(data[inside])), np.argsort(np.argsort(baseline[inside])))[0, 1]
     assert rho < -0.95
-    # the residual model starts from it: an untrained correction moves it a little, not far
+    # the residual model starts from exactly it; an opened correction moves it
     out = Translator.from_file(model, device="cpu", precision="fp32").translate(src).array
+    np.testing.assert_allclose(out, baseline, rtol=0, atol=1e-3)
+    opened = write_residual_model(tmp_path / "opened.pt", gate=0.2)
+    out = Translator.from_file(opened, device="cpu", precision="fp32").translate(src).array
     span = baseline[inside].max() - baseline[inside].min()
-    assert 0 < np.abs(out - baseline)[inside].mean() < 0.2 * span
+    assert 0.001 * span < np.abs(out - baseline)[inside].mean() < 0.2 * span
     with pytest.raises(InputError, match="training histograms"):
         from conftest import _write_model
 

@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pred", nargs="+", required=True, metavar="SRC", help="predictions: files, folders, globs")
     parser.add_argument("--ref", nargs="+", required=True, metavar="SRC", help="references of the target contrast")
     parser.add_argument("--source", nargs="+", metavar="SRC", help="source images: also score the baseline")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="the model that made the predictions: with --source, also score the fair baseline "
+                             "(the source inverted and matched to the training histogram the model carries); "
+                             "'default' is the packaged model")
+    parser.add_argument("--direction", help="the model's direction, e.g. t1-to-t2 (default: its first)")
     parser.add_argument("--mask", nargs="+", metavar="SRC", help="masks (default: reference & source foreground)")
     parser.add_argument("--out", metavar="REPORT_DIR", help="write metrics.csv, metrics.json and a PNG per case")
     parser.add_argument(
@@ -46,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mask=args.mask,
         out_dir=args.out,
         ct=args.ct,
+        model=args.model,
+        direction=args.direction,
         argv=list(sys.argv[1:] if argv is None else argv),
     )
     print(format_table(rows))

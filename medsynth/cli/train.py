@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from medsynth.config import AXES, GENERATORS, RECIPES, RESIDUALS, ModelConfig, TrainConfig, recipe_values
+from medsynth.config import (AXES, GENERATORS, RECIPES, RESIDUAL_INPUTS, RESIDUALS, ModelConfig, TrainConfig,
+                             recipe_values)
 from medsynth.enhance import STEPS
 from medsynth.errors import InputError, exit_on_error
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ResNet upsampling: transposed convolution (reference) or nearest + convolution")
     n.add_argument("--residual", choices=RESIDUALS, default=m.residual,
                    help="invert: learn a correction to the inverted-histogram map (the classical T1<->T2 baseline)")
+    n.add_argument("--residual-input", choices=RESIDUAL_INPUTS, default=m.residual_input,
+                   help="what the residual network sees: the image, or the inverted histogram match (the same "
+                        "histogram for every patient)")
     n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
     o = p.add_argument_group("objective and schedule")
     o.add_argument("--recipe", choices=RECIPES, default="auto",
@@ -123,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = TrainConfig(
         a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
-                          norm=args.norm, dropout=args.dropout, upsample=args.upsample, residual=args.residual),
+                          norm=args.norm, dropout=args.dropout, upsample=args.upsample, residual=args.residual,
+                          residual_input=args.residual_input),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
