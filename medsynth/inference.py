@@ -81,6 +81,8 @@ class Translator:
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), ``bf16`` or
             ``fp32``.
         threads: CPU threads (default: every core this process may use).
+        crop: translate only the box around the foreground (with :attr:`margin` voxels of background); outside
+            it the output is background anyway.
 
     Example:
         >>> t = Translator.from_file("run/model.pt")            # doctest: +SKIP
@@ -90,7 +92,7 @@ class Translator:
     def __init__(self, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig, stats: dict[str, dict[str, float]],
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
                  source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False,
-                 precision: str = "auto", threads: int | None = None) -> None:
+                 precision: str = "auto", threads: int | None = None, crop: bool = True) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
             set_threads(threads)
@@ -102,9 +104,12 @@ class Translator:
         on_cuda = self.device.type == "cuda"
         self.batch_size = batch_size or (64 if on_cuda else CPU_BATCH)
         self.amp = amp and autocast_enabled(self.device, precision)
-        self.precision = "bf16" if self.amp else "fp32"
         self.channels_last = on_cuda if channels_last is None else channels_last
         self._pixels_per_second: float | None = None
+        self.crop = crop
+        #: background voxels kept around the foreground box (the generator's reflection padding and its
+        #: normalisation then see background at the slice edges, as they did in training)
+        self.margin = 16
         #: seconds spent in the generators so far (benchmarks; on CUDA exact only with ``time_network``)
         self.network_seconds = 0.0
         self.time_network = False
@@ -115,11 +120,15 @@ class Translator:
         for name, net in ((f"{self.domains[0]}-to-{self.domains[1]}", g_ab),
                           (f"{self.domains[1]}-to-{self.domains[0]}", g_ba)):
             net = net.to(self.device).eval()
+            if not any(isinstance(m, nn.Conv2d) for m in net.modules()):
+                # nothing to speed up (identity, the baseline map alone): keep full precision
+                self.cast, self.amp = None, False
             if self.cast is not None:
                 net = bf16_copy(net)
             if self.channels_last:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = torch.compile(net) if compile else net
+        self.precision = "bf16" if self.amp else "fp32"
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -309,10 +318,7 @@ class Translator:
                         axis: str = "axial", fuse: str = "mean", progress: Progress | None = None,
                         source: str | Path = "<array>") -> np.ndarray:
         """Core of :meth:`translate` on an (I, J, K) array and its voxel-to-RAS affine."""
-        from monai.data import MetaTensor
-        from monai.transforms import Orientation
-
-        from medsynth.transforms import RAS_LABELS, IntensityStats, denormalise, intensity_stats, normalise
+        from medsynth.intensity import IntensityStats, denormalise, intensity_stats, normalise
 
         key, _, dst = self._resolve_direction(direction)
         if axis not in AXIS_CHOICES:
@@ -322,10 +328,8 @@ class Translator:
         array = np.asarray(array, dtype=np.float32)
         if array.ndim != 3:
             raise InputError(source, f"shape {array.shape}: expected a 3D volume")
-        orientation = Orientation(axcodes="RAS", labels=RAS_LABELS)
-        ras = orientation(MetaTensor(torch.from_numpy(np.ascontiguousarray(array))[None],
-                                     affine=torch.as_tensor(affine, dtype=torch.float64)))
-        x = ras.as_tensor()
+        ras, ornt = to_ras(array, affine)
+        x = torch.from_numpy(np.ascontiguousarray(ras))[None]
         if self.config.enhance:
             from medsynth.enhance import Enhance
 
@@ -333,7 +337,6 @@ class Translator:
         stats = intensity_stats(x)
         foreground = x > stats.threshold
         x = normalise(x, stats)
-        # a one-slice image (2D domain) can only be sliced along its plane
         # a one-slice image (a 2D domain) can only be translated in its own plane
         axes = ["axial"] if x.shape[-1] == 1 else list(AXES if axis == "all" else (axis,))
         network = self.networks[key]
@@ -341,9 +344,14 @@ class Translator:
         if residual is not None:
             # the inverted-histogram base of the whole volume rides along as a second channel
             x = torch.cat([x, residual.volume_base(x)])
-        total = sum(x.shape[AXIS_INDEX[a] + 1] for a in axes)
+        # only the box around the foreground goes through the network (with a margin of background, so
+        # that every slice keeps background around the anatomy, as in training): outside it the output is
+        # background whatever the network says
+        box = foreground_box(foreground[0], self.margin, self.stride) if self.crop else None
+        inner = x[(slice(None), *box)] if box is not None else x
+        total = sum(inner.shape[AXIS_INDEX[a] + 1] for a in axes)
         counter = _Counter(total, progress)
-        outputs = [self._infer_axis(network, x, a, counter) for a in axes]
+        outputs = [self._infer_axis(network, inner, a, counter) for a in axes]
         if len(outputs) == 1:
             y = outputs[0]
         elif fuse == "mean":
@@ -351,31 +359,32 @@ class Translator:
         else:
             y = torch.stack(outputs).median(0).values
         del outputs
+        if box is not None:
+            full = torch.full((1, *x.shape[1:]), -1.0, device=y.device)
+            full[(slice(None), *box)] = y
+            y = full
         target = IntensityStats.from_dict(self.stats[dst])
         # on a GPU the fusion and intensity mapping stay there; only the result comes back
         y = denormalise(y, target, foreground.to(y.device)).cpu()
-        restored = orientation.inverse(MetaTensor(y, meta=ras.meta, applied_operations=ras.applied_operations))
-        return restored.as_tensor()[0].numpy().astype(np.float32)
+        return from_ras(y[0].numpy(), ornt).astype(np.float32, copy=False)
 
     def _infer_axis(self, network: nn.Module, x: torch.Tensor, axis: str, counter: _Counter) -> torch.Tensor:
-        from monai.inferers import SliceInferer
+        """Every slice of a (C, X, Y, Z) volume along ``axis`` through ``network``, ``batch_size`` at a time,
+        padded with background to what the generator needs and cropped back; returns (1, X, Y, Z)."""
+        import torch.nn.functional as F
 
         dim = AXIS_INDEX[axis]
-        plane = [n for i, n in enumerate(x.shape[1:]) if i != dim]
-        roi = [int(math.ceil(n / self.stride) * self.stride) for n in plane]
-        on_cuda = self.device.type == "cuda"
-        inferer = SliceInferer(roi_size=roi, sw_batch_size=self.batch_size, spatial_dim=dim, overlap=0.0,
-                               mode="constant", padding_mode="constant", cval=-1.0, progress=False,
-                               sw_device=self.device, device=self.device if on_cuda else torch.device("cpu"))
-
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            out = self._forward(network, batch.to(self.device, non_blocking=True))
-            counter.add(batch.shape[0])
-            return out
-
-        source = x[None].to(self.device) if on_cuda else x[None]
-        y = inferer(source, run)
-        return torch.as_tensor(y)[0]
+        slices = x.movedim(dim + 1, 0)  # (N, C, H, W), a view
+        n, _, h, w = slices.shape
+        hp, wp = (int(math.ceil(v / self.stride) * self.stride) for v in (h, w))
+        out = torch.empty((n, 1, h, w), device=self.device if self.device.type == "cuda" else "cpu")
+        for start in range(0, n, self.batch_size):
+            batch = slices[start:start + self.batch_size].to(self.device, non_blocking=True)
+            if (hp, wp) != (h, w):
+                batch = F.pad(batch, (0, wp - w, 0, hp - h), value=-1.0)
+            out[start:start + len(batch)] = self._forward(network, batch.contiguous())[:, :1, :h, :w]
+            counter.add(len(batch))
+        return out.movedim(0, dim + 1)
 
     def translate_files(self, inputs: Sequence[Path], output_dir: str | Path, direction: str | None = None,
                         axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
@@ -441,6 +450,40 @@ def fair_baseline_translator(model_path: str | Path | None = None, device: str |
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, generator="map", residual="invert"))
     return Translator(maps[0], maps[1], config, stats, device=device, source=f"fair baseline of {path}",
                       precision="fp32")
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The array with its axes permuted and flipped to the closest RAS orientation (no resampling, a view),
+    and the nibabel orientation that :func:`from_ras` undoes (as MONAI's ``Orientation("RAS")`` does; nibabel's
+    ``io_orientation`` is what MONAI uses too, without MONAI's import time)."""
+    from nibabel.orientations import apply_orientation, io_orientation
+
+    ornt = io_orientation(np.asarray(affine, dtype=np.float64))
+    return apply_orientation(array, ornt), ornt
+
+
+def from_ras(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Undo :func:`to_ras`: back to the input's own axes."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+
+    return apply_orientation(array, ornt_transform(axcodes2ornt("RAS"), ornt))
+
+
+def foreground_box(foreground: torch.Tensor, margin: int, stride: int = 1) -> tuple[slice, slice, slice] | None:
+    """The bounding box of a (X, Y, Z) foreground mask grown by ``margin`` voxels on each side (within the volume),
+    or None when there is no foreground or the box is (nearly) the whole volume."""
+    if not bool(foreground.any()):
+        return None
+    box = []
+    for axis in range(3):
+        other = tuple(i for i in range(3) if i != axis)
+        hits = torch.nonzero(foreground.any(dim=other)).flatten()
+        size = foreground.shape[axis]
+        lo, hi = max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)
+        box.append(slice(lo, hi))
+    if all((b.stop - b.start) >= n - stride for b, n in zip(box, foreground.shape)):
+        return None
+    return tuple(box)  # type: ignore[return-value]
 
 
 def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:
