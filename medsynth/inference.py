@@ -112,6 +112,7 @@ class Translator:
         self.margin = 16
         #: seconds spent in the generators so far (benchmarks; on CUDA exact only with ``time_network``)
         self.network_seconds = 0.0
+        self.network_pixels = 0
         self.time_network = False
         # on a CPU, bf16 weights and activations throughout: autocast would convert every activation to fp32
         # and back around each normalisation, which costs more there than the convolutions gain
@@ -219,6 +220,7 @@ class Translator:
         if self.time_network and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.network_seconds += time.perf_counter() - tic
+        self.network_pixels += batch.shape[0] * batch.shape[-2] * batch.shape[-1]
         return out
 
     def _run_network(self, network: nn.Module, batch: torch.Tensor) -> torch.Tensor:

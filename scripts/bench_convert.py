@@ -98,7 +98,7 @@ def convert_process(src: Path, axis: str, model: str | None, device: str, precis
 def in_process(translator: Translator, src: Path, axis: str, direction: str) -> dict:
     """``translate_file`` in this process, split into time in the generators and time around them."""
     with tempfile.TemporaryDirectory() as tmp:
-        translator.network_seconds = 0.0
+        translator.network_seconds, translator.network_pixels = 0.0, 0
         translator.time_network = True
         sync(translator.device)
         tic = time.perf_counter()
@@ -106,7 +106,7 @@ def in_process(translator: Translator, src: Path, axis: str, direction: str) -> 
         sync(translator.device)
         total = time.perf_counter() - tic
     return {"in_process_seconds": total, "network_seconds": translator.network_seconds,
-            "outside_share": 1 - translator.network_seconds / total}
+            "network_pixels": translator.network_pixels, "outside_share": 1 - translator.network_seconds / total}
 
 
 def big_volume_child(model: str | None, device: str) -> dict:
@@ -169,11 +169,19 @@ def main() -> None:
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--tag", default=None, help="results file suffix (default cpu or gpu)")
+    p.add_argument("--tag", default=None, help="name of the difference PNG (default cpu or gpu)")
+    p.add_argument("--smoke", action="store_true", help="a quick check of this script on 24 slices; writes nothing")
     args = p.parse_args()
     os.environ.pop("OMP_NUM_THREADS", None)
     set_threads(None)
     src = sample_path()
+    if args.smoke:
+        import nibabel as nib
+
+        img = nib.load(src)
+        small = Path(tempfile.mkdtemp()) / "sample_t1_24.nii.gz"
+        nib.save(img.slicer[:, :, 60:84], small)
+        src = small
     translator = Translator.from_file(args.model, device=args.device, precision=args.precision)
     device = translator.device
     from medsynth.io import load_image
@@ -190,13 +198,15 @@ def main() -> None:
     fp32_net = copy.deepcopy(translator.networks[direction]).float()
     with torch.no_grad():
         flops_per_slice = count_flops(lambda: fp32_net(example))
+    flops_per_pixel = flops_per_slice / (example.shape[-1] * example.shape[-2])
     peaks = {"bf16_matmul_gflops": matmul_peak_gflops(device, torch.bfloat16),
              "fp32_matmul_gflops": matmul_peak_gflops(device, torch.float32)}
     translator.translate_array(volume[:, :, :8], np.eye(4), direction)  # warm-up
     rows = []
     naive = min(naive_loop(translator, volume, direction) for _ in range(args.repeats))
+    plane = int(math.ceil(volume.shape[0] / s) * s) * int(math.ceil(volume.shape[1] / s) * s)
     rows.append({"mode": "naive: 1 slice/pass, fp32, 1 thread (network only)", "seconds": naive,
-                 "slices": volume.shape[2], "network_seconds": naive})
+                 "slices": volume.shape[2], "network_seconds": naive, "network_pixels": plane * volume.shape[2]})
     for axis in ("axial", "all"):
         runs = [convert_process(src, axis, args.model, args.device, args.precision) for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["seconds"])
@@ -204,13 +214,16 @@ def main() -> None:
                     key=lambda r: r["in_process_seconds"])
         slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
         rows.append({"mode": f"medsynth-convert {axis} (whole process)", "seconds": best["seconds"], "slices": slices,
+                     "passes": 3 if axis == "all" else 1,
                      "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None, **split})
     for row in rows:
         row["slices_per_s"] = row["slices"] / row["seconds"]
-        row["vs_naive"] = naive / row["seconds"] * (row["slices"] / volume.shape[2])
+        # the same work as the naive loop's one pass over the volume, three passes for "all"
+        row["vs_naive"] = naive * row.get("passes", 1) / row["seconds"]
         net_s = row.get("network_seconds")
         if net_s:
-            row["network_gflops"] = flops_per_slice * row["slices"] / net_s / 1e9
+            # FLOPs scale with the pixels that went through the network (only the foreground box does)
+            row["network_gflops"] = flops_per_pixel * row["network_pixels"] / net_s / 1e9
             row["share_of_bf16_peak"] = row["network_gflops"] / peaks["bf16_matmul_gflops"]
         if "network_seconds" in row and row is not rows[0]:
             # of the whole process: everything that is not the generators (start-up, imports, I/O, statistics)
@@ -221,7 +234,8 @@ def main() -> None:
                      "slices_per_s": 400 / big["seconds"], "peak_rss_mb": big["peak_rss_mb"],
                      "peak_gpu_mb": big["gpu_peak_mb"]})
     tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
-    diff = precision_difference(args.model, args.device, src, ROOT / "scripts" / "results" / f"bench_convert_bf16_diff_{tag}.png")
+    png = Path(tempfile.mkdtemp()) / "diff.png" if args.smoke else ROOT / "scripts" / "results" / f"bench_convert_bf16_diff_{tag}.png"
+    diff = precision_difference(args.model, args.device, src, png)
     columns = ["mode", "seconds", "slices_per_s", "vs_naive", "network_seconds", "outside_share_of_process",
                "outside_share", "network_gflops", "share_of_bf16_peak", "peak_rss_mb"]
     cfg = translator.config.model
@@ -232,6 +246,8 @@ def main() -> None:
     print(table(rows, columns))
     print(f"bf16 vs fp32 (axial, foreground): mean {diff['mean_share']:.3%}, 99.9th pct {diff['p99_9_share']:.3%}, "
           f"max {diff['max_share']:.2%} of the output range")
+    if args.smoke:
+        return
     path = write_json("bench_convert", {
         "machine": info, "volume": str(src.name), "shape": list(volume.shape), "model": str(args.model or default_model_path().name),
         "generator": cfg.generator, "ngf": cfg.ngf, "gflop_per_slice": flops_per_slice / 1e9, "peaks": peaks,

@@ -1,6 +1,6 @@
 """Package a trained model as medsynth's default: fp16 weights in medsynth/models/, checked on load.
 
-usage: python scripts/package_model.py RUN/model_best.pt [--fallback RUN/model.pt] [--out medsynth/models/default_t1t2.pt]
+usage: python scripts/package_model.py RUN/model.pt [--out medsynth/models/default_t1t2.pt]
 """
 
 from __future__ import annotations
