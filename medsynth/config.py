@@ -60,8 +60,9 @@ class TrainConfig:
 
     ``paired`` matches the two sets by case name (co-registered pairs, e.g. BraTS): both images of a pair get
     the same slice, crop, flip and affine, and ``lambda_paired`` x (|G_ab(a) - b| + |G_ba(b) - a|) joins the
-    CycleGAN objective. ``lambda_adv = 0`` with ``lambda_cycle = 0`` leaves plain paired regression (no
-    discriminators are run). ``extra_a``/``extra_b`` are unpaired volumes that feed the adversarial and
+    CycleGAN objective, and ``lambda_ssim`` x (1 - SSIM) of the same pairs (MONAI's ``SSIMLoss``, 2D, on [0, 1]),
+    which keeps the local contrast that L1 alone averages away. ``lambda_adv = 0`` with ``lambda_cycle = 0``
+    leaves plain paired regression (no discriminators are run). ``extra_a``/``extra_b`` are unpaired volumes that feed the adversarial and
     cycle terms only.
     """
 
@@ -86,6 +87,7 @@ class TrainConfig:
     init_gain: float = 0.02
     paired: bool = False
     lambda_paired: float = 10.0
+    lambda_ssim: float = 0.0
     extra_a: list[str] = field(default_factory=list)
     extra_b: list[str] = field(default_factory=list)
     augment: bool = True
@@ -156,8 +158,8 @@ class TrainConfig:
 CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "upsample": "nearest", "size": 128,
                               "steps": 20_000}
 #: added to :data:`CPU_RECIPE` for ``--paired`` data
-CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "intensity_augment": True, "lambda_adv": 0.0,
-                                     "lambda_cycle": 0.0, "lambda_identity": 0.0}
+CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base", "intensity_augment": True,
+                                     "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0}
 RECIPES = ("auto", "cpu", "reference")
 
 

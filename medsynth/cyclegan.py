@@ -120,6 +120,11 @@ class CycleGAN(nn.Module):
         # plain LSGAN: MONAI otherwise puts a LeakyReLU in front of the MSE
         self.adversarial = PatchAdversarialLoss(criterion="least_squares", no_activation_leastsq=True)
         self.l1 = nn.L1Loss()
+        self.ssim = None
+        if config.lambda_ssim > 0:
+            from monai.losses import SSIMLoss
+
+            self.ssim = SSIMLoss(spatial_dims=2, data_range=1.0)
         self.pool_a = ImagePool(config.pool_size, seed=config.seed * 2 + 1)
         self.pool_b = ImagePool(config.pool_size, seed=config.seed * 2 + 2)
 
@@ -211,6 +216,10 @@ class CycleGAN(nn.Module):
         if use_paired:
             losses["paired_b"] = self.l1(out["fake_b"].float(), _loss_image(target_b)) * c.lambda_paired
             losses["paired_a"] = self.l1(out["fake_a"].float(), _loss_image(target_a)) * c.lambda_paired
+            if self.ssim is not None:
+                # on [0, 1], as the evaluation scores it
+                losses["ssim_b"] = self.ssim((out["fake_b"].float() + 1) / 2, (_loss_image(target_b) + 1) / 2) * c.lambda_ssim
+                losses["ssim_a"] = self.ssim((out["fake_a"].float() + 1) / 2, (_loss_image(target_a) + 1) / 2) * c.lambda_ssim
         if not losses:
             raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
         loss_g = torch.stack(list(losses.values())).sum()

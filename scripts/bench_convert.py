@@ -109,6 +109,33 @@ def in_process(translator: Translator, src: Path, axis: str, direction: str) -> 
             "network_pixels": translator.network_pixels, "outside_share": 1 - translator.network_seconds / total}
 
 
+def batch_and_layout_sweep(translator: Translator, direction: str, side: int = 240) -> list[dict]:
+    """Slices/s of the generator alone by batch size and memory layout, at the translator's precision."""
+    import copy
+
+    rows = []
+    base = translator.networks[direction]
+    in_ch = 2 if getattr(translator.config.model, "residual", "none") == "invert" else 1
+    for layout in ("contiguous", "channels_last"):
+        net = copy.deepcopy(base)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        net = net.to(memory_format=fmt)
+        for batch in (1, 4, 8, 16):
+            x = (torch.rand(batch, in_ch, side, side, device=translator.device) * 2 - 1)
+            if translator.cast is not None:
+                x = x.to(translator.cast)
+            x = x.contiguous(memory_format=fmt)
+            with torch.no_grad():
+                net(x)
+                calls, tic = 0, time.perf_counter()
+                while time.perf_counter() - tic < 1.5 or calls < 2:
+                    net(x)
+                    calls += 1
+                sync(translator.device)
+            rows.append({"layout": layout, "batch": batch, "slices_per_s": batch * calls / (time.perf_counter() - tic)})
+    return rows
+
+
 def big_volume_child(model: str | None, device: str) -> dict:
     """Peak memory of a 512 x 512 x 400 axial conversion, measured in a fresh process."""
     code = (
@@ -233,6 +260,7 @@ def main() -> None:
         rows.append({"mode": "medsynth axial 512x512x400 (child process)", "seconds": big["seconds"], "slices": 400,
                      "slices_per_s": 400 / big["seconds"], "peak_rss_mb": big["peak_rss_mb"],
                      "peak_gpu_mb": big["gpu_peak_mb"]})
+    sweep = batch_and_layout_sweep(translator, direction)
     tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
     png = Path(tempfile.mkdtemp()) / "diff.png" if args.smoke else ROOT / "scripts" / "results" / f"bench_convert_bf16_diff_{tag}.png"
     diff = precision_difference(args.model, args.device, src, png)
@@ -244,6 +272,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, precision {translator.precision}, batch {translator.batch_size}")
     print(f"measured matmul peak: bf16 {peaks['bf16_matmul_gflops']:.0f} GFLOP/s, fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s")
     print(table(rows, columns))
+    print("generator alone, 240 x 240 slices:", ", ".join(f"{r['layout']} batch {r['batch']}: {r['slices_per_s']:.1f}/s"
+                                                           for r in sweep))
     print(f"bf16 vs fp32 (axial, foreground): mean {diff['mean_share']:.3%}, 99.9th pct {diff['p99_9_share']:.3%}, "
           f"max {diff['max_share']:.2%} of the output range")
     if args.smoke:
@@ -251,7 +281,7 @@ def main() -> None:
     path = write_json("bench_convert", {
         "machine": info, "volume": str(src.name), "shape": list(volume.shape), "model": str(args.model or default_model_path().name),
         "generator": cfg.generator, "ngf": cfg.ngf, "gflop_per_slice": flops_per_slice / 1e9, "peaks": peaks,
-        "bf16_vs_fp32": diff, "args": vars(args), "rows": rows})
+        "bf16_vs_fp32": diff, "batch_and_layout": sweep, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

@@ -47,6 +47,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the same, the network seeing the inverted histogram match (the same histogram for every patient)
     "paired_residual_std": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                             "intensity_augment": True, "model": {"residual": "invert", "residual_input": "base"}},
+    # the same with an SSIM term beside the L1 (L1 alone regresses to the median and flattens local contrast)
+    "paired_residual_std_ssim": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                                 "intensity_augment": True, "lambda_ssim": 10.0,
+                                 "model": {"residual": "invert", "residual_input": "base"}},
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -113,13 +117,13 @@ def measure_speed(recipe: str, train_cases: list[Path], tmp: Path, steps: int = 
 
 
 def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes: float,
-             seconds_per_step: float, points: int) -> Path:
+             seconds_per_step: float, points: int, steps: int | None = None) -> Path:
     from medsynth.training import train
 
     out = root / recipe / fold.name
     if (out / "model.pt").exists():
         return out
-    steps = max(int(minutes * 60 / seconds_per_step), 10)
+    steps = steps or max(int(minutes * 60 / seconds_per_step), 10)
     train_cases = [c for c in all_cases if c != fold]
     config = build_config(recipe, train_cases, fold, out, steps, val_every=max(steps // points, 1))
     print(f"[{recipe} / held out {fold.name}] {steps} steps (~{minutes:g} min at {seconds_per_step:.3f} s/step)",
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipe names")
     p.add_argument("--minutes", type=float, default=5.0, help="training minutes per fold (planned from speed)")
     p.add_argument("--points", type=int, default=5, help="validation points per run")
+    p.add_argument("--steps", type=int, default=None,
+                   help="a fixed number of steps per fold instead of --minutes (for runs beside other work)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
@@ -224,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             if recipe not in RECIPES:
                 print(f"error: {recipe}: unknown recipe ({', '.join(RECIPES)})", file=sys.stderr)
                 return 2
-            seconds = measure_speed(recipe, all_cases[:2], args.out)
+            seconds = measure_speed(recipe, all_cases[:2], args.out) if args.steps is None else 1.0
             print(f"{recipe}: {seconds:.3f} s/step", flush=True)
             for fold in all_cases:
-                run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points)
+                run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points, args.steps)
     report(collect(args.out), args.results)
     return 0
 

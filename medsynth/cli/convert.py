@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: bf16 on CUDA and on CPUs with native bf16 (avx512_bf16, AMX), fp32 elsewhere")
+    p.add_argument("--no-crop", dest="crop", action="store_false",
+                   help="translate whole slices, not only the box around the foreground (same result outside it)")
     p.add_argument("--dtype", choices=("float32", "input"), default="float32",
                    help="output voxel type: float32, or the input's own (rounded and clipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile,
-                                      precision=args.precision, threads=args.threads)
+                                      precision=args.precision, threads=args.threads, crop=args.crop)
     translator._resolve_direction(args.direction)
     reporter = Reporter(args.progress, len(inputs))
     if single:

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="identity loss weight, as a fraction of --lambda-cycle")
     o.add_argument("--lambda-paired", type=float, default=d.lambda_paired,
                    help="weight of the paired L1 term (with --paired)")
+    o.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
+                   help="weight of 1 - SSIM between translated and registered target (with --paired)")
     o.add_argument("--pool-size", type=int, default=d.pool_size, help="image pool of generated images (0: none)")
     r = p.add_argument_group("running")
     r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
@@ -132,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
-        pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired,
+        pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
         intensity_augment=args.intensity_augment, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
         enhance=[s for s in args.enhance.split(",") if s], seed=args.seed, device=args.device, amp=args.amp,
