@@ -77,8 +77,18 @@ def background_level(x: np.ndarray, top: float) -> float:
 
 
 def foreground_threshold(x: np.ndarray) -> float:
-    """Threshold above which voxels are foreground: :data:`FOREGROUND_FRACTION` of the way from the background
-    level up to the upper percentile."""
+    """Threshold above which voxels are foreground.
+
+    An image with a constant background fill (skull-stripped or masked MRI: 0, or the image minimum, on at least
+    10% of the voxels) has every voxel above the fill as foreground, as ``medsynth-eval`` masks it: the
+    cerebrospinal fluid of a T1 is dark, but it is brain, and bright in the T2 to be made from it. Otherwise
+    (CT air, the noisy background of an unmasked head, X-ray padding) :data:`FOREGROUND_FRACTION` of the way from
+    the background level up to the upper percentile.
+    """
+    sample = x.ravel()[:: max(1, x.size // 2_000_000)]
+    for fill in (0.0, float(x.min())):
+        if np.count_nonzero(sample == fill) >= 0.1 * sample.size:
+            return fill
     top = float(np.percentile(x, UPPER_PERCENTILE))
     if top <= float(x.min()):
         top = float(x.max())
@@ -100,9 +110,17 @@ def intensity_stats(x: np.ndarray | torch.Tensor) -> IntensityStats:
     return IntensityStats(lo=lo, hi=hi, background=background, threshold=threshold)
 
 
+#: Normalised values at or below this are background; the background is exactly -1.
+BACKGROUND_LEVEL = -1.0 + 1e-3
+#: The lowest normalised foreground value: the darkest tissue (below the lower percentile) stays tissue, not
+#: background, so that a T1's ventricles still become the brightest part of a T2.
+FOREGROUND_FLOOR = -1.0 + 2e-3
+
+
 def normalise(x: torch.Tensor, stats: IntensityStats) -> torch.Tensor:
-    """Map to [-1, 1] with ``stats``; the background becomes -1."""
-    y = ((x - stats.lo) / (stats.hi - stats.lo)).clamp(0, 1) * 2 - 1
+    """Map to [-1, 1] with ``stats``; the background becomes -1, the foreground at least
+    :data:`FOREGROUND_FLOOR`."""
+    y = (((x - stats.lo) / (stats.hi - stats.lo)).clamp(0, 1) * 2 - 1).clamp_min(FOREGROUND_FLOOR)
     return torch.where(x > stats.threshold, y, torch.full_like(y, -1.0))
 
 

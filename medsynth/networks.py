@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from medsynth.config import ModelConfig
+from medsynth.intensity import BACKGROUND_LEVEL
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -124,8 +125,6 @@ class IdentityGenerator(nn.Module):
 
 #: Quantiles kept of a domain's foreground histogram (0, 1/128, ..., 1).
 MAP_KNOTS = 129
-#: Normalised values at or below this are background (normalisation puts the background at exactly -1).
-BACKGROUND_LEVEL = -1.0 + 1e-3
 
 
 def domain_quantiles(values: torch.Tensor, knots: int = MAP_KNOTS) -> torch.Tensor:

@@ -26,6 +26,8 @@ from monai.transforms import (
 
 from medsynth.config import AXIS_INDEX
 from medsynth.intensity import (
+    BACKGROUND_LEVEL,
+    FOREGROUND_FLOOR,
     FOREGROUND_FRACTION,
     LOWER_PERCENTILE,
     UPPER_PERCENTILE,
@@ -37,7 +39,7 @@ from medsynth.intensity import (
     normalise,
 )
 
-__all__ = ["FOREGROUND_FRACTION", "LOWER_PERCENTILE", "UPPER_PERCENTILE", "IntensityStats", "background_level",
+__all__ = ["BACKGROUND_LEVEL", "FOREGROUND_FLOOR", "FOREGROUND_FRACTION", "LOWER_PERCENTILE", "UPPER_PERCENTILE", "IntensityStats", "background_level",
            "denormalise", "foreground_threshold", "intensity_stats", "normalise", "RAS_LABELS", "RobustNormalised",
            "LoadImaged", "prepare_transform", "slice_coverage", "RandSliced", "RandIntensityAugmentd",
            "intensity_augment_transform", "train_slice_transform"]
@@ -178,12 +180,12 @@ class RandIntensityAugmentd(Randomizable, MapTransform):
             return d
         for key in self.key_iterator(d):
             x = torch.as_tensor(d[key]).float()
-            foreground = x > -1.0 + 1e-3
+            foreground = x > BACKGROUND_LEVEL
             y = x + 1.0
             for t in self.chain:
                 y = torch.as_tensor(t(y)).float()
             # foreground stays just above the background level, so no tissue turns into background
-            d[key] = torch.where(foreground, (y - 1.0).clamp(-1.0 + 2e-3, 1.0), torch.full_like(x, -1.0))
+            d[key] = torch.where(foreground, (y - 1.0).clamp(FOREGROUND_FLOOR, 1.0), torch.full_like(x, -1.0))
         return d
 
 

@@ -163,7 +163,7 @@ def collect(root: Path) -> dict[str, Any]:
     return result
 
 
-def report(result: dict[str, Any], results_dir: Path) -> None:
+def report(result: dict[str, Any], results_dir: Path, name: str = "study_cpu", title: str = "") -> None:
     """Markdown table, JSON and a PNG of held-out PSNR and SSIM against training minutes."""
     from medsynth.benchmark import machine as machine_info
     from medsynth.files import write_atomic
@@ -181,8 +181,8 @@ def report(result: dict[str, Any], results_dir: Path) -> None:
     table = "\n".join(lines)
     print(table)
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir / "study_cpu.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(results_dir / "study_cpu.md", "# Quality per CPU minute (leave-one-out means)\n\n" + table + "\n")
+    write_atomic(results_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(results_dir / f"{name}.md", f"# Quality per CPU minute (leave-one-out means){title}\n\n" + table + "\n")
 
     import matplotlib
 
@@ -206,8 +206,8 @@ def report(result: dict[str, Any], results_dir: Path) -> None:
             axes[row][col].grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(results_dir / "study_cpu.png", dpi=90)
-    print(f"wrote {results_dir / 'study_cpu.md'}, .json, .png")
+    fig.savefig(results_dir / f"{name}.png", dpi=90)
+    print(f"wrote {results_dir / name}.md, .json, .png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="a fixed number of steps per fold instead of --minutes (for runs beside other work)")
     p.add_argument("--results", type=Path, default=HERE / "results")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--name", default="study_cpu", help="results file name")
     args = p.parse_args(argv)
     if not DATA.exists():
         print(f"error: {DATA}: the shared BraTS patients are needed", file=sys.stderr)
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{recipe}: {seconds:.3f} s/step", flush=True)
             for fold in all_cases:
                 run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points, args.steps)
-    report(collect(args.out), args.results)
+    report(collect(args.out), args.results, args.name)
     return 0
 
 

@@ -29,7 +29,7 @@ def expected_identity(data: np.ndarray, model: Path) -> np.ndarray:
     payload = torch.load(model, weights_only=True)
     target = IntensityStats.from_dict(payload["stats"]["t2"])
     stats = intensity_stats(data)
-    y = np.clip((data - stats.lo) / (stats.hi - stats.lo), 0, 1)
+    y = np.clip((data - stats.lo) / (stats.hi - stats.lo), 1e-3, 1)  # the foreground floor, -1 + 2e-3 on [-1, 1]
     out = y * (target.hi - target.lo) + target.lo
     return np.where(data > stats.threshold, out, target.background).astype(np.float32)
 

@@ -18,8 +18,13 @@ def test_stats_ignore_background_and_negative_ringing() -> None:
     x[10:30, 10:30, 5:15] = rng.uniform(200, 1000, (20, 20, 10))
     x[0, 0, :5] = -70  # ringing below the zero background, as in real skull-stripped data
     s = intensity_stats(x)
-    assert s.background == 0.0 and 0 < s.threshold < 200
+    assert s.background == 0.0 and 0 <= s.threshold < 200
     assert s.lo == pytest.approx(np.percentile(x[10:30, 10:30, 5:15], 0.5), rel=1e-3)
+    # with a constant zero fill, everything above it is anatomy: dark CSF (a few units above zero, well below
+    # 2 % of the range) stays foreground, the ringing below the fill does not
+    x[12:14, 12:14, 6:8] = 5.0
+    s = intensity_stats(x)
+    assert 5.0 > s.threshold and -70 < s.threshold
     ct = np.full((30, 30, 10), -1000.0, np.float32) + rng.normal(0, 5, (30, 30, 10)).astype(np.float32)
     ct[5:25, 5:25] = rng.uniform(-100, 1500, (20, 20, 10))
     s = intensity_stats(ct)
@@ -30,9 +35,10 @@ def test_normalise_and_denormalise_round_trip() -> None:
     x = torch.tensor([0.0, 100.0, 300.0, 500.0, 2000.0])
     stats = IntensityStats(lo=100.0, hi=500.0, background=0.0, threshold=50.0)
     y = normalise(x, stats)
-    assert y.tolist() == pytest.approx([-1.0, -1.0, 0.0, 1.0, 1.0])
+    # the background is -1; the darkest foreground stays just above it, distinguishable from background
+    assert y.tolist() == pytest.approx([-1.0, -1.0 + 2e-3, 0.0, 1.0, 1.0])
     back = denormalise(y, stats, foreground=x > stats.threshold)
-    assert back.tolist() == pytest.approx([0.0, 100.0, 300.0, 500.0, 500.0])
+    assert back.tolist() == pytest.approx([0.0, 100.4, 300.0, 500.0, 500.0])
 
 
 def test_prepare_transform_reorients_to_ras(tmp_path: Path, make_volume) -> None:
