@@ -398,18 +398,57 @@ class Translator:
         Returns:
             ``(input, problem)`` for every file that failed.
         """
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._resolve_direction(direction)
         failures: list[tuple[Path, str]] = []
-        output_dir = Path(output_dir)
-        for path, out in zip(inputs, output_paths(inputs, output_dir)):
-            try:
-                self.translate_file(path, out, direction, axis, fuse, dtype, overwrite, progress, on_start)
-            except InputError as exc:
-                failures.append((Path(path), str(exc)))
-                if on_done:
-                    on_done(Path(path), None, str(exc))
-                continue
+        jobs = list(zip(inputs, output_paths(inputs, Path(output_dir))))
+
+        def read(index: int) -> Image:
+            path, out = jobs[index]
+            check_output(out, [path], overwrite)
+            return load_image(path)
+
+        def finish(path: Path, out: Path, future: Future | None, problem: str | None = None) -> None:
+            if future is not None:
+                try:
+                    future.result()
+                except InputError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                failures.append((Path(path), problem))
             if on_done:
-                on_done(Path(path), out, None)
+                on_done(Path(path), None if problem else out, problem)
+
+        # reading the next file and writing the last one (decompression and compression release the GIL)
+        # overlap the network's work on this one
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="medsynth-io") as pool:
+            reading = pool.submit(read, 0) if jobs else None
+            writing: tuple[Path, Path, Future] | None = None
+            for index, (path, out) in enumerate(jobs):
+                try:
+                    image = reading.result()  # type: ignore[union-attr]
+                except InputError as exc:
+                    image, problem = None, str(exc)
+                reading = pool.submit(read, index + 1) if index + 1 < len(jobs) else None
+                if image is not None:
+                    try:
+                        if on_start is not None:
+                            on_start(Path(path), self.estimate_seconds(image.array.shape, axis))
+                        result = self.translate(image, direction, axis, fuse, progress)
+                        problem = None
+                    except InputError as exc:
+                        image, problem = None, str(exc)
+                if writing is not None:
+                    finish(*writing)
+                    writing = None
+                if image is None:
+                    finish(path, out, None, problem)
+                    continue
+                writing = (path, out, pool.submit(save_like, image, result.array, out, dtype=dtype,
+                                                  overwrite=overwrite))
+            if writing is not None:
+                finish(*writing)
         return failures
 
 

@@ -96,6 +96,18 @@ def fair_baseline(run: Path, held_out: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def oracle_baseline(held_out: Path) -> dict[str, dict[str, float]]:
+    """The oracle baseline on the held-out patient (invert, match to that patient's own real target histogram:
+    what ``medsynth-eval`` calls ``baseline``; no user has the target they want to make)."""
+    from medsynth.evaluation import baseline_translate, masked_metrics
+    from medsynth.io import load_image
+
+    t1, t2 = load_image(held_out / "t1.nii.gz").array, load_image(held_out / "t2.nii.gz").array
+    mask = (t1 > 0) & (t2 > 0)
+    return {"t1-to-t2": masked_metrics(baseline_translate(t1, t2, mask), t2, mask),
+            "t2-to-t1": masked_metrics(baseline_translate(t2, t1, mask), t1, mask)}
+
+
 def measure_speed(recipe: str, train_cases: list[Path], tmp: Path, steps: int = 25) -> float:
     """Seconds per step of a recipe on this machine (a short run, validation off)."""
     import shutil
@@ -134,6 +146,15 @@ def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes
     return out
 
 
+_ORACLES: dict[str, Any] = {}
+
+
+def _oracle(case: str) -> dict[str, dict[str, float]]:
+    if case not in _ORACLES:
+        _ORACLES[case] = oracle_baseline(DATA / case)
+    return _ORACLES[case]
+
+
 def collect(root: Path) -> dict[str, Any]:
     """Every finished run's curve, and per recipe the mean over folds at each validation point."""
     result: dict[str, Any] = {"recipes": {}}
@@ -158,31 +179,48 @@ def collect(root: Path) -> dict[str, Any]:
             mean_curve.append(point)
         baseline = {d: {m: float(np.mean([f["fair_baseline"][d][m] for f in folds.values()])) for m in ("psnr", "ssim", "mae")}
                     for d in directions}
+        oracles = {case: _oracle(case) for case in folds}
+        oracle = {d: {m: float(np.mean([oracles[c][d][m] for c in folds])) for m in ("psnr", "ssim", "mae")}
+                  for d in directions}
         result["recipes"][recipe_dir.name] = {"folds": folds, "mean_curve": mean_curve, "fair_baseline": baseline,
+                                              "oracle_baseline": oracle,
                                               "spec": RECIPES[recipe_dir.name], "n_folds": len(folds)}
     return result
 
 
-def report(result: dict[str, Any], results_dir: Path, name: str = "study_cpu", title: str = "") -> None:
+def report(result: dict[str, Any], results_dir: Path, out_name: str = "study_cpu", title: str = "") -> None:
     """Markdown table, JSON and a PNG of held-out PSNR and SSIM against training minutes."""
     from medsynth.benchmark import machine as machine_info
     from medsynth.files import write_atomic
 
     result["machine"] = machine_info()
-    lines = ["| recipe | folds | train min | T1->T2 PSNR | T1->T2 SSIM | T2->T1 PSNR | T2->T1 SSIM | fair baseline T1->T2 | fair baseline T2->T1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | folds | steps | train min | T1->T2 PSNR | T1->T2 SSIM | T2->T1 PSNR | T2->T1 SSIM | fair baseline T1->T2 | fair baseline T2->T1 | oracle T1->T2 | oracle T2->T1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in result["recipes"].items():
         last = r["mean_curve"][-1]
         d1, d2 = list(r["fair_baseline"])
         b1, b2 = r["fair_baseline"][d1], r["fair_baseline"][d2]
-        lines.append(f"| {name} | {r['n_folds']} | {last['train_minutes']:.1f} | {last[d1]['psnr']:.2f} | "
-                     f"{last[d1]['ssim']:.3f} | {last[d2]['psnr']:.2f} | {last[d2]['ssim']:.3f} | "
-                     f"{b1['psnr']:.2f} / {b1['ssim']:.3f} | {b2['psnr']:.2f} / {b2['ssim']:.3f} |")
+        o1, o2 = r["oracle_baseline"][d1], r["oracle_baseline"][d2]
+        steps = sorted({f["steps"] for f in r["folds"].values()})
+        lines.append(f"| {name} | {r['n_folds']} | {'/'.join(map(str, steps))} | {last['train_minutes']:.1f} | "
+                     f"{last[d1]['psnr']:.2f} | {last[d1]['ssim']:.3f} | {last[d2]['psnr']:.2f} | {last[d2]['ssim']:.3f} | "
+                     f"{b1['psnr']:.2f} / {b1['ssim']:.3f} | {b2['psnr']:.2f} / {b2['ssim']:.3f} | "
+                     f"{o1['psnr']:.2f} / {o1['ssim']:.3f} | {o2['psnr']:.2f} / {o2['ssim']:.3f} |")
+    lines += ["", "Per held-out patient (final model of each fold; fair baseline of that fold; PSNR dB / SSIM):", "",
+              "| recipe | held out | T1->T2 | fair | oracle | T2->T1 | fair | oracle |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in result["recipes"].items():
+        for case, f in r["folds"].items():
+            last, fair, oracle = f["curve"][-1], f["fair_baseline"], _oracle(case)
+            cells = []
+            for d in ("t1-to-t2", "t2-to-t1"):
+                cells += [f"{last[d]['psnr']:.2f} / {last[d]['ssim']:.3f}", f"{fair[d]['psnr']:.2f} / {fair[d]['ssim']:.3f}",
+                          f"{oracle[d]['psnr']:.2f} / {oracle[d]['ssim']:.3f}"]
+            lines.append(f"| {name} | {case} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(results_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
-    write_atomic(results_dir / f"{name}.md", f"# Quality per CPU minute (leave-one-out means){title}\n\n" + table + "\n")
+    write_atomic(results_dir / f"{out_name}.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(results_dir / f"{out_name}.md", f"# Quality per CPU minute (leave-one-out means){title}\n\n" + table + "\n")
 
     import matplotlib
 
@@ -206,8 +244,8 @@ def report(result: dict[str, Any], results_dir: Path, name: str = "study_cpu", t
             axes[row][col].grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(results_dir / f"{name}.png", dpi=90)
-    print(f"wrote {results_dir / name}.md, .json, .png")
+    fig.savefig(results_dir / f"{out_name}.png", dpi=90)
+    print(f"wrote {results_dir / out_name}.md, .json, .png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,19 +44,31 @@ def test_demo_writes_the_volume_with_the_inputs_geometry_and_a_preview(demo_dir:
     assert preview.shape[0] > 300 and preview.shape[1] > 500 and preview.std() > 10
 
 
-# strict: the day a packaged model beats the baseline this xfail fails, and the marker must go
-@pytest.mark.xfail(strict=True, reason="the packaged model was trained on 2 CPU cores for 40 minutes and is still "
-                   "below the classical baseline on the unseen patient (see medsynth/models/default_t1t2.md); "
-                   "GPU training of the default model remains")
-def test_default_model_beats_the_classical_baseline_on_the_unseen_sample(demo_dir: Path) -> None:
+def _scores(demo_dir: Path) -> tuple[dict, dict, dict]:
+    """Masked metrics of the demo's synthetic T2, of the fair baseline and of the oracle baseline, on the packaged
+    sample: a patient the packaged model never saw."""
+    from medsynth.inference import fair_baseline_translator
+
     t1 = nib.load(SAMPLE_T1).get_fdata(dtype=np.float32)
     t2 = nib.load(SAMPLE_T2).get_fdata(dtype=np.float32)
     pred = nib.load(demo_dir / "sample_t1_to_t2.nii.gz").get_fdata(dtype=np.float32)
     mask = (t1 > 0) & (t2 > 0)
-    model = masked_metrics(pred, t2, mask)
-    baseline = masked_metrics(baseline_translate(t1, t2, mask), t2, mask)
-    assert model["psnr"] > baseline["psnr"], (model, baseline)
-    assert model["mae"] < baseline["mae"], (model, baseline)
+    fair = fair_baseline_translator(None).translate(SAMPLE_T1, direction="t1-to-t2").array
+    return (masked_metrics(pred, t2, mask), masked_metrics(fair, t2, mask),
+            masked_metrics(baseline_translate(t1, t2, mask), t2, mask))
+
+
+def test_default_model_beats_the_fair_baseline_on_the_unseen_sample(demo_dir: Path) -> None:
+    model, fair, _ = _scores(demo_dir)
+    assert model["psnr"] > fair["psnr"] and model["ssim"] > fair["ssim"], (model, fair)
+
+
+# strict: the day a packaged model beats the oracle baseline this xfail fails, and the marker must go
+@pytest.mark.xfail(strict=True, reason="the packaged model beats the fair baseline (the training histogram) but not "
+                   "the oracle, which matches the patient's own real T2 histogram (see medsynth/models/default_t1t2.md)")
+def test_default_model_beats_the_oracle_baseline_on_the_unseen_sample(demo_dir: Path) -> None:
+    model, _, oracle = _scores(demo_dir)
+    assert model["psnr"] > oracle["psnr"] and model["ssim"] > oracle["ssim"], (model, oracle)
 
 
 def test_demo_refuses_to_overwrite(demo_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
