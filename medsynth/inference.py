@@ -342,15 +342,16 @@ class Translator:
         # a one-slice image (a 2D domain) can only be translated in its own plane
         axes = ["axial"] if x.shape[-1] == 1 else list(AXES if axis == "all" else (axis,))
         network = self.networks[key]
-        residual = residual_of(network)
-        if residual is not None:
-            # the inverted-histogram base of the whole volume rides along as a second channel
-            x = torch.cat([x, residual.volume_base(x)])
         # only the box around the foreground goes through the network (with a margin of background, so
         # that every slice keeps background around the anatomy, as in training): outside it the output is
         # background whatever the network says
         box = foreground_box(foreground[0], self.margin, self.stride) if self.crop else None
         inner = x[(slice(None), *box)] if box is not None else x
+        residual = residual_of(network)
+        if residual is not None:
+            # the inverted-histogram base of the whole volume (all its foreground is inside the box) rides
+            # along as a second channel
+            inner = torch.cat([inner, residual.volume_base(inner)])
         total = sum(inner.shape[AXIS_INDEX[a] + 1] for a in axes)
         counter = _Counter(total, progress)
         outputs = [self._infer_axis(network, inner, a, counter) for a in axes]
@@ -362,7 +363,7 @@ class Translator:
             y = torch.stack(outputs).median(0).values
         del outputs
         if box is not None:
-            full = torch.full((1, *x.shape[1:]), -1.0, device=y.device)
+            full = torch.full(x.shape, -1.0, device=y.device)
             full[(slice(None), *box)] = y
             y = full
         target = IntensityStats.from_dict(self.stats[dst])

@@ -164,14 +164,20 @@ def histogram_match(x: torch.Tensor, target: torch.Tensor, invert: bool = False)
     value at rank r, or 1 - r with ``invert``). Without inversion, onto its own domain's quantiles, it is
     histogram standardisation: every patient's tissues at the same levels."""
     n = x.shape[0]
-    flat = x.detach().float().reshape(n, -1)
+    flat = x.detach().reshape(n, -1)
     knots = target.numel()
     own = torch.stack([domain_quantiles(row, knots) for row in flat]).to(flat.device)
     grid = torch.linspace(0.0, 1.0, knots, device=flat.device).expand(n, knots)
-    ranks = _interp(flat, own, grid)
-    out = _interp(1.0 - ranks if invert else ranks, grid, target.float().to(flat.device).expand(n, knots))
-    out = torch.where(flat > BACKGROUND_LEVEL, out, torch.full_like(out, -1.0))
-    return out.reshape(x.shape).to(x.dtype)
+    goal = target.float().to(flat.device).expand(n, knots)
+    out = torch.empty(flat.shape, dtype=x.dtype, device=flat.device)
+    # in chunks: the interpolation's temporaries (indices, four gathers) would otherwise be ten volumes' worth
+    step = 1 << 21
+    for start in range(0, flat.shape[1], step):
+        v = flat[:, start:start + step].float()
+        ranks = _interp(v, own, grid)
+        y = _interp(1.0 - ranks if invert else ranks, grid, goal)
+        out[:, start:start + step] = torch.where(v > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
+    return out.reshape(x.shape)
 
 
 class HistogramTarget(nn.Module):
