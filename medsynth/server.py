@@ -650,7 +650,7 @@ def create_app(
             dims = []
         if not 2 <= len(dims) <= 3 or min(dims) < 1:
             raise HTTPException(422, f"shape {shape!r}: give sizes like 240x240x155")
-        return {"model": name, "shape": dims, "axis": axis, "seconds": round(translator.estimate_seconds(dims, axis), 2),
+        return {"model": name, "shape": dims, "axis": axis, "seconds": float(translator.estimate_seconds(dims, axis)),
                 "queue": gpu.stats()}
 
     @app.get("/models", dependencies=[Depends(check_token)])

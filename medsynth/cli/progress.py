@@ -23,7 +23,7 @@ class Reporter:
         import sys
 
         if self.mode == "lines":
-            print(f"ESTIMATE {seconds:.3f} {path}", flush=True)
+            print(f"ESTIMATE {seconds:.4g} {path}", flush=True)
         elif self.mode == "bar":
             print(f"{path}: expected about {seconds:.0f} s", file=sys.stderr, flush=True)
 
