@@ -744,7 +744,8 @@ class Plan:
         if c.lambda_cycle > 0:
             objective.append("cycle" + (" + identity" if c.lambda_identity > 0 else ""))
         if self.pairs is not None and c.lambda_paired > 0:
-            objective.append(f"paired L1 x {c.lambda_paired:g} ({len(self.pairs)} pairs)")
+            objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
+                             + f" ({len(self.pairs)} pairs)")
         done = f", resuming at {self.start}" if self.start else ""
         return (f"plan: {c.total_steps} steps{done} (learning rate constant to {c.decay_from}, then linear decay), "
                 f"batch {c.batch_size}, {m.generator} ngf {m.ngf}"
