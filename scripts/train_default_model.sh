@@ -12,7 +12,7 @@ medsynth-train \
   --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" \
   --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" \
   --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz" \
-  --out "$run" --paired --recipe cpu --steps 2300 \
-  --sample-every 1150 --checkpoint-every 500 --val-every 575 --log-every 50 "$@"
+  --out "$run" --paired --recipe cpu --steps 1368 \
+  --sample-every 684 --checkpoint-every 500 --val-every 342 --log-every 50 "$@"
 # the final model, not the best validation round: choosing on the held-out patient would make its figures a best case
 python "$(dirname "$0")/package_model.py" "$run/model.pt"
