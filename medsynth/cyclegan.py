@@ -16,7 +16,7 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.files import atomic_save
-from medsynth.networks import build_discriminator, build_generator, init_weights, intensity_maps
+from medsynth.networks import build_discriminator, build_generator, init_weights, histogram_targets
 
 MODEL_FORMAT = "medsynth-model"
 MODEL_VERSION = 1
@@ -143,11 +143,11 @@ class CycleGAN(nn.Module):
         opt_d = torch.optim.Adam(self.discriminators.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
         return opt_g, opt_d
 
-    def set_intensity_maps(self, quantiles_a: torch.Tensor, quantiles_b: torch.Tensor) -> None:
+    def set_histogram_targets(self, quantiles_a: torch.Tensor, quantiles_b: torch.Tensor) -> None:
         """Give the residual generators (``residual="invert"``) their target domains' foreground quantiles (see
         :func:`medsynth.networks.domain_quantiles`): G_ab matches to B's histogram, G_ba to A's."""
         for net, target in ((self.g_ab, quantiles_b), (self.g_ba, quantiles_a)):
-            for m in intensity_maps(net):
+            for m in histogram_targets(net):
                 m.set(torch.as_tensor(target))
 
     def schedulers(self, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> list[Any]:

@@ -20,7 +20,7 @@ from torch import nn
 
 from medsynth.config import AXES, AXIS_INDEX, TrainConfig
 from medsynth.devices import autocast_enabled, resolve_device, set_threads
-from medsynth.networks import build_generator, generator_stride, intensity_maps, residual_of
+from medsynth.networks import ResidualGenerator, build_generator, generator_stride, histogram_targets, residual_of
 from medsynth.errors import InputError
 from medsynth.io import Image, check_output, load_image, save_like
 
@@ -75,8 +75,7 @@ class Translator:
         batch_size: slices per forward pass (default: 8 on CPU, 64 on CUDA).
         amp: bf16 autocast where it pays (CUDA, or a CPU with native bf16); False is ``precision="fp32"``.
         source: where the model came from (for messages).
-        channels_last: channels-last activations (default: on CUDA and under bf16 on a CPU, where they
-            measure faster).
+        channels_last: channels-last activations (default: on CUDA; on a CPU they measure no faster).
         compile: ``torch.compile`` the generators.
         precision: ``auto`` (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), ``bf16`` or
             ``fp32``.
@@ -187,13 +186,13 @@ class Translator:
             network = next(iter(self.networks.values()))
             side = max(self.stride, int(math.ceil(96 / self.stride) * self.stride))
             batch = torch.zeros(min(self.batch_size, 4), 1, side, side, device=self.device)
-            self._forward(network, batch)  # warm-up: allocation, kernel choice
+            self._run_network(network, batch)  # warm-up: allocation, kernel choice
             best = math.inf
             for _ in range(2):
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 tic = time.perf_counter()
-                self._forward(network, batch)
+                self._run_network(network, batch)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 best = min(best, time.perf_counter() - tic)
@@ -454,11 +453,11 @@ class Translator:
 
 
 def bf16_copy(net: nn.Module) -> nn.Module:
-    """A bf16 copy of a network for CPU inference; intensity maps keep float32 knots (bf16 would move them)."""
+    """A bf16 copy of a network for CPU inference; histogram targets keep float32 quantiles (bf16 would move them)."""
     import copy
 
     out = copy.deepcopy(net).to(torch.bfloat16)
-    for m in intensity_maps(out):
+    for m in histogram_targets(out):
         m.float()
     return out
 
@@ -475,8 +474,6 @@ def fair_baseline_translator(model_path: str | Path | None = None, device: str |
         InputError: the model carries no quantiles (trained before they were stored).
     """
     import dataclasses
-
-    from medsynth.networks import ResidualGenerator
 
     path = Path(model_path) if model_path is not None else default_model_path()
     payload = read_model_file(path)

@@ -192,7 +192,7 @@ class HistogramTarget(nn.Module):
 
 
 class ResidualGenerator(nn.Module):
-    """``base + net(x)``: the network learns a correction to the inverted-histogram-matched input.
+    """``base + gate * net(x)``: the network learns a correction to the inverted-histogram-matched input.
 
     ``base`` is :func:`inverted_histogram_match` of the whole volume, given as a second input channel (training
     data and :class:`~medsynth.inference.Translator` compute it once per volume, see :meth:`volume_base`), or,
@@ -242,14 +242,14 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
         net = UnetGenerator(in_channels, out_channels, config.ngf, config.norm, config.dropout)
     else:
         raise ValueError(f"unknown generator {config.generator!r}: use resnet9, resnet6 or unet")
-    if getattr(config, "residual", "none") == "invert":
-        return ResidualGenerator(net, net_input=getattr(config, "residual_input", "image"))
-    if getattr(config, "residual", "none") != "none":
+    if config.residual == "invert":
+        return ResidualGenerator(net, net_input=config.residual_input)
+    if config.residual != "none":
         raise ValueError(f"unknown residual {config.residual!r}: use none or invert")
     return net
 
 
-def intensity_maps(generator: nn.Module) -> list[HistogramTarget]:
+def histogram_targets(generator: nn.Module) -> list[HistogramTarget]:
     """The :class:`HistogramTarget` modules inside a generator (none for a plain network)."""
     return [m for m in generator.modules() if isinstance(m, HistogramTarget)]
 

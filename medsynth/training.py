@@ -112,16 +112,15 @@ class DomainData:
         self.stats = IntensityStats.median([IntensityStats.from_dict(item["image_stats"]) for item in self.items])
         self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
 
-    def add_base(self, target_quantiles: torch.Tensor) -> None:
+    def add_base(self, target_quantiles: torch.Tensor, own_quantiles: torch.Tensor) -> None:
         """Stack two channels onto each volume for residual generators: the inverted-histogram base (see
         :class:`~medsynth.networks.ResidualGenerator`), computed on the whole volume as conversion does, and the
         volume standardised onto its own domain's pooled histogram, which the losses compare with (so that the
         training patients' tissues sit at the same levels, whatever their scanners made of them)."""
         from medsynth.networks import histogram_match, inverted_histogram_match
 
-        own = self.quantiles()
         self.volumes = [torch.cat([v, inverted_histogram_match(v[:1][None], target_quantiles)[0],
-                                   histogram_match(v[:1][None], own)[0]]) for v in self.volumes]
+                                   histogram_match(v[:1][None], own_quantiles)[0]]) for v in self.volumes]
 
     def quantiles(self) -> torch.Tensor:
         """The domain's pooled foreground quantiles (normalised units), for the inverted-histogram map and the
@@ -161,6 +160,18 @@ def pair_volumes(a: DomainData, b: DomainData) -> list[tuple[int, int]]:
                                        "on one grid (register or resample it first)")
         out.append((i, j))
     return out
+
+
+def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig) -> tuple[list[tuple[int, int]] | None,
+                                                                               tuple[torch.Tensor, torch.Tensor]]:
+    """What training needs beyond the cached volumes: the registered pairs (``--paired``), each domain's pooled
+    quantiles, and for residual generators the base and standardised channels (added to the volumes)."""
+    pairs = pair_volumes(a, b) if config.paired else None
+    quantiles = (a.quantiles(), b.quantiles())
+    if config.model.residual == "invert":
+        a.add_base(quantiles[1], quantiles[0])
+        b.add_base(quantiles[0], quantiles[1])
+    return pairs, quantiles
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -397,11 +408,7 @@ class Trainer:
         device = self._init_distributed()
         data_a = DomainData(files_a, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
         data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
-        pairs = pair_volumes(data_a, data_b) if config.paired else None
-        quantiles = (data_a.quantiles(), data_b.quantiles())
-        if config.model.residual == "invert":
-            data_a.add_base(quantiles[1])
-            data_b.add_base(quantiles[0])
+        pairs, quantiles = prepare_domains(data_a, data_b, config)
         self.stats = {name: data.stats.to_dict() | {"quantiles": [float(v) for v in q]}
                       for name, data, q in zip(config.names, (data_a, data_b), quantiles)}
 
@@ -414,7 +421,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)
         model = CycleGAN(config)
-        model.set_intensity_maps(*quantiles)
+        model.set_histogram_targets(*quantiles)
         model = model.to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -79,7 +79,7 @@ def bench_loop(config: TrainConfig, device: torch.device, workers: int, fast: bo
     import nibabel as nib
     import numpy as np
 
-    from medsynth.training import DomainData, SliceDataset, pair_volumes
+    from medsynth.training import DomainData, SliceDataset, prepare_domains
 
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
@@ -92,11 +92,7 @@ def bench_loop(config: TrainConfig, device: torch.device, workers: int, fast: bo
                          Path(tmp) / name / f"case{i}_{name}.nii.gz")
         a = DomainData(sorted((Path(tmp) / "t1").glob("*.nii.gz")), progress=False)
         b = DomainData(sorted((Path(tmp) / "t2").glob("*.nii.gz")), progress=False)
-        pairs = pair_volumes(a, b) if config.paired else None
-        if config.model.residual == "invert":
-            qa, qb = a.quantiles(), b.quantiles()
-            a.add_base(qb)
-            b.add_base(qa)
+        pairs, _ = prepare_domains(a, b, config)
         threads = torch.get_num_threads()
         if not fast:
             torch.set_num_threads(1)

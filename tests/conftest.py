@@ -93,7 +93,7 @@ def write_residual_model(path: Path, gate: float = 0.0) -> Path:
     model = CycleGAN(config)
     q1 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
     q2 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000) ** 3)
-    model.set_intensity_maps(q1, q2)
+    model.set_histogram_targets(q1, q2)
     with torch.no_grad():
         for net in (model.g_ab, model.g_ba):
             net.gate.fill_(gate)

@@ -184,5 +184,3 @@ def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
     for key, value in recipe_values(recipe, args.paired).items():
         if key not in given:
             setattr(args, key, value)
-    if "steps" in given and "decay_steps" not in given:
-        args.decay_steps = None  # half of the steps given
