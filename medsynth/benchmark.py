@@ -31,6 +31,10 @@ def machine() -> dict[str, Any]:
         info["cpu"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
     except (OSError, StopIteration):
         info["cpu"] = platform.processor()
+    from medsynth.devices import cpu_has_native_bf16
+
+    # the same "AMD EPYC" name covers VMs with and without avx512_bf16: the figures differ by 2-3x
+    info["cpu_native_bf16"] = cpu_has_native_bf16()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_bf16_peak_tflops"] = bf16_peak(info["gpu"])
@@ -98,14 +102,24 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_json(name: str, payload: dict[str, Any], folder: Path | None = None) -> Path:
-    """``scripts/results/<name>_<host-kind>.json`` (or ``folder``), atomically."""
+    """``scripts/results/<name>_<host-kind>.json`` (or ``folder``), atomically; the kind is ``gpu``, ``cpu`` (with
+    native bf16) or ``cpu_fp32`` (without), so that one kind of machine does not overwrite another's figures."""
     folder = folder or Path(__file__).resolve().parents[1] / "scripts" / "results"
     folder.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if torch.cuda.is_available() else "cpu"
-    path = folder / f"{name}_{kind}.json"
+    path = folder / f"{name}_{host_kind()}.json"
     from medsynth.files import write_atomic
 
     return write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def host_kind() -> str:
+    """``gpu``, ``cpu`` (a CPU with native bf16) or ``cpu_fp32``: the part of a results file's name that says
+    which kind of machine measured it."""
+    from medsynth.devices import cpu_has_native_bf16
+
+    if torch.cuda.is_available():
+        return "gpu"
+    return "cpu" if cpu_has_native_bf16() else "cpu_fp32"
 
 
 def matmul_peak_gflops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.bfloat16, n: int = 2048,

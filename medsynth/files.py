@@ -45,3 +45,42 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def write_gzip(path: str | os.PathLike[str], data: bytes | memoryview, level: int = 1, threads: int | None = None,
+               chunk: int = 2 << 20) -> Path:
+    """Write ``data`` gzip-compressed to ``path``, the chunks deflated on ``threads`` threads at once.
+
+    One standard gzip member (what ``gzip``, zlib's ``gzread``, nibabel and ITK read): each chunk is deflated on
+    its own and ends on a sync flush, so the chunks' deflate blocks follow each other as one stream (the method
+    of ``pigz``; a chunk does not refer back into the previous one, which costs well under 1 % of the size at
+    2 MiB chunks). zlib releases the GIL while it compresses: on two cores the write takes about half as long.
+    Level 1 is nibabel's default for ``.nii.gz``.
+    """
+    import struct
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    view = memoryview(data).cast("B")
+    parts = [view[i:i + chunk] for i in range(0, len(view), chunk)] or [view[:0]]
+
+    def deflate(i: int) -> bytes:
+        comp = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return comp.compress(parts[i]) + comp.flush(zlib.Z_FINISH if i == len(parts) - 1 else zlib.Z_SYNC_FLUSH)
+
+    if threads is None:
+        from medsynth.devices import usable_cores
+
+        threads = usable_cores()
+    with ThreadPoolExecutor(max(1, min(threads, len(parts)))) as pool:
+        crc = pool.submit(zlib.crc32, view)
+        blocks = list(pool.map(deflate, range(len(parts))))
+    # RFC 1952 header: deflate, no flags, no mtime, "fastest" (level 1), unknown OS
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + (b"\x04" if level == 1 else b"\x00") + b"\xff"
+    trailer = struct.pack("<II", crc.result() & 0xFFFFFFFF, len(view) & 0xFFFFFFFF)
+    with open(path, "wb") as f:
+        f.write(header)
+        for block in blocks:
+            f.write(block)
+        f.write(trailer)
+    return Path(path)

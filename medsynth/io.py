@@ -323,7 +323,7 @@ def _write_nifti(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> 
 
     if ref.format == "nifti":
         header = ref.native.header.copy()
-        data = array.reshape(ref.native.shape).astype(dtype)
+        data = array.reshape(ref.native.shape).astype(dtype, copy=False)
         header.set_data_dtype(dtype)
         # affine=None keeps the header's qform and sform (and their codes) exactly as they were
         out = nib.Nifti1Image(data, None, header=header) if isinstance(ref.native, nib.Nifti1Image) else \
@@ -334,7 +334,13 @@ def _write_nifti(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> 
         out.header.set_qform(ref.affine, code=1)
         out.header.set_sform(ref.affine, code=1)
         out.header.set_xyzt_units("mm", "sec")
-    nib.save(out, str(path))
+    if path.name.lower().endswith(".nii.gz"):
+        from medsynth.files import write_gzip
+
+        # the single-file bytes nibabel would gzip itself, deflated on every core (half the write on two)
+        write_gzip(path, out.to_bytes())
+    else:
+        nib.save(out, str(path))
 
 
 def _write_itk(ref: Image, array: np.ndarray, dtype: np.dtype, path: Path) -> None:

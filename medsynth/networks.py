@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -137,7 +138,8 @@ def domain_quantiles(values: torch.Tensor, knots: int = MAP_KNOTS) -> torch.Tens
         # an evenly strided subsample: the quantiles move by far less than the histogram's own noise
         v = v[:: v.numel() // 1_000_000]
     ranks = torch.linspace(0, v.numel() - 1, knots).round().long()
-    return torch.sort(v).values[ranks]
+    # numpy's SIMD sort: an order of magnitude faster than torch.sort on a CPU for a brain's 1.6 M voxels
+    return torch.from_numpy(np.sort(v.cpu().numpy())[ranks.numpy()]).to(v.device)
 
 
 def _interp(v: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
@@ -149,34 +151,42 @@ def _interp(v: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor
     return y0 + (v - x0) * (y1 - y0) / (x1 - x0)
 
 
-def inverted_histogram_match(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def inverted_histogram_match(x: torch.Tensor, target: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
     """The classical T1 <-> T2 baseline: invert each image and match its histogram to ``target``'s.
 
     Each leading-dimension item of ``x`` (a slice of a batch, or one whole volume given as (1, ...)) is matched
     on its own foreground: a voxel at rank r of its image's histogram gets the value at rank 1 - r of the
     target domain's (``target``: :func:`domain_quantiles` of the target domain). Background stays -1.
     """
-    return histogram_match(x, target, invert=True)
+    return histogram_match(x, target, invert=True, own=own)
 
 
-def histogram_match(x: torch.Tensor, target: torch.Tensor, invert: bool = False) -> torch.Tensor:
+def histogram_match(x: torch.Tensor, target: torch.Tensor, invert: bool = False,
+                    own: torch.Tensor | None = None) -> torch.Tensor:
     """Match each leading-dimension item's foreground histogram to ``target`` quantiles (rank r gets the target's
     value at rank r, or 1 - r with ``invert``). Without inversion, onto its own domain's quantiles, it is
-    histogram standardisation: every patient's tissues at the same levels."""
+    histogram standardisation: every patient's tissues at the same levels.
+
+    ``own``: each item's own quantiles (N, K), when they were computed elsewhere (the map applied to a table of
+    an image's levels rather than to the image)."""
     n = x.shape[0]
     flat = x.detach().reshape(n, -1)
     knots = target.numel()
-    own = torch.stack([domain_quantiles(row, knots) for row in flat]).to(flat.device)
-    grid = torch.linspace(0.0, 1.0, knots, device=flat.device).expand(n, knots)
-    goal = target.float().to(flat.device).expand(n, knots)
+    if own is None:
+        own = torch.stack([domain_quantiles(row, knots) for row in flat])
+    own = own.to(flat.device).float().reshape(n, knots)
+    # value -> rank is piecewise linear on the image's own quantiles, rank -> value on the target's, and both
+    # use the same evenly spaced ranks: the composition is one interpolation from the own quantiles onto the
+    # target's (reversed for the inversion)
+    goal = target.float().to(flat.device)
+    goal = (goal.flip(0) if invert else goal).expand(n, knots)
     out = torch.empty(flat.shape, dtype=x.dtype, device=flat.device)
     # in chunks: the interpolation's temporaries (indices, four gathers) would otherwise be ten volumes' worth
     step = 1 << 21
     for start in range(0, flat.shape[1], step):
         v = flat[:, start:start + step].float()
-        ranks = _interp(v, own, grid)
-        y = _interp(1.0 - ranks if invert else ranks, grid, goal)
-        out[:, start:start + step] = torch.where(v > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
+        y = _interp(v, own, goal)
+        out[:, start:start + step] = y.masked_fill_(~(v > BACKGROUND_LEVEL), -1.0)
     return out.reshape(x.shape)
 
 
@@ -214,9 +224,11 @@ class ResidualGenerator(nn.Module):
         self.target = HistogramTarget(knots)
         self.stride = getattr(net, "stride", 4) if net is not None else 1
 
-    def volume_base(self, volume: torch.Tensor) -> torch.Tensor:
-        """The base channel of a whole normalised (1, X, Y, Z) volume."""
-        return inverted_histogram_match(volume[None].float(), self.target.quantiles.float())[0]
+    def volume_base(self, volume: torch.Tensor, own: torch.Tensor | None = None) -> torch.Tensor:
+        """The base channel of a whole normalised (1, X, Y, Z) volume (``own``: the volume's quantiles, when
+        ``volume`` is a table of its levels rather than the volume)."""
+        own = None if own is None else own[None]
+        return inverted_histogram_match(volume[None].float(), self.target.quantiles.float(), own)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = x[:, :1]

@@ -8,13 +8,16 @@ Rows (the packaged model unless ``--model``; the packaged 240 x 240 x 155 sample
   ``auto`` (bf16 where the CPU has it natively); its peak memory from the kernel;
 - the same translations in this process, to split their time: seconds inside the generators (the
   ``Translator``'s own clock) against everything else, and the generators' achieved GFLOP/s against this
-  machine's bf16 (and fp32) matmul rate measured in the same run;
+  machine's matmul rate in the precision they run in (bf16 or fp32), measured in the same run;
 - fp32 against bf16: the output difference (mean, 99.9th percentile, maximum, as a share of the output range)
   and a difference-map PNG to look at;
+- ``medsynth-serve`` on 127.0.0.1 (a real server process, the model loaded once): a client's whole round trip,
+  upload, translation and the answer written, as Slicer's server option does it (``--no-server`` leaves it out);
 - ``--big``: a 512 x 512 x 400 float volume, axial, in a child process, for its peak memory (target < 4 GB).
 
 usage: python scripts/bench_convert.py [--model M] [--repeats 2] [--big] [--device cpu]
-Prints a table and writes scripts/results/bench_convert_<cpu|gpu>.json (and bench_convert_bf16_diff.png).
+Prints a table and writes scripts/results/bench_convert_<kind>.json (kind: gpu, cpu = a CPU with native bf16,
+cpu_fp32 = one without) and bench_convert_bf16_diff_<kind>.png.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from medsynth.benchmark import count_flops, machine, matmul_peak_gflops, sync, table, write_json  # noqa: E402
+from medsynth.benchmark import (count_flops, host_kind, machine, matmul_peak_gflops, sync, table,  # noqa: E402
+                                write_json)
 from medsynth.devices import set_threads  # noqa: E402
 from medsynth.inference import Translator, default_model_path  # noqa: E402
 
@@ -82,7 +86,7 @@ def convert_process(src: Path, axis: str, model: str | None, device: str, precis
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.nii.gz"
         cmd = [sys.executable, "-m", "medsynth", "convert", str(src), str(out), "--axis", axis, "--device", device,
-               "--precision", precision, "--progress", "none"]
+               "--precision", precision, "--progress", "lines"]  # as the Slicer module runs it
         if model:
             cmd += ["--model", model]
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -93,6 +97,50 @@ def convert_process(src: Path, axis: str, model: str | None, device: str, precis
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # ru_maxrss of children is the largest child so far: only a new maximum is this child's own
     return {"seconds": seconds, "peak_rss_mb": peak / 1024 if peak > before else None}
+
+
+def server_round_trips(src: Path, axes: tuple[str, ...], model: str | None, device: str, precision: str,
+                       repeats: int) -> dict[str, float]:
+    """Best client round trip (upload, translation, answer written) per axis through a real ``medsynth-serve``
+    on 127.0.0.1: the start-up and model loading are paid once, as by a Slicer user who keeps a local server."""
+    import socket
+    import urllib.request
+
+    from medsynth.client import remote_translate
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "medsynth", "serve", "--port", str(port), "--device", device,
+           "--precision", precision, "--log-level", "warning"] + (["--model", model] if model else [])
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("medsynth-serve did not start") from None
+                time.sleep(0.2)
+        best = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.nii.gz"
+            remote_translate(url, src, out, axis="axial")  # the server's first translation warms the kernels
+            for axis in axes:
+                times = []
+                for _ in range(repeats):
+                    tic = time.perf_counter()
+                    remote_translate(url, src, out, axis=axis)
+                    times.append(time.perf_counter() - tic)
+                best[axis] = min(times)
+        return best
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def in_process(translator: Translator, src: Path, axis: str, direction: str) -> dict:
@@ -196,7 +244,8 @@ def main() -> None:
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
-    p.add_argument("--tag", default=None, help="name of the difference PNG (default cpu or gpu)")
+    p.add_argument("--tag", default=None, help="name of the difference PNG (default: the machine kind, cpu, cpu_fp32 or gpu)")
+    p.add_argument("--no-server", action="store_true", help="leave out the round trips through a local medsynth-serve")
     p.add_argument("--smoke", action="store_true", help="a quick check of this script on 24 slices; writes nothing")
     args = p.parse_args()
     os.environ.pop("OMP_NUM_THREADS", None)
@@ -228,21 +277,35 @@ def main() -> None:
     flops_per_pixel = flops_per_slice / (example.shape[-1] * example.shape[-2])
     peaks = {"bf16_matmul_gflops": matmul_peak_gflops(device, torch.bfloat16),
              "fp32_matmul_gflops": matmul_peak_gflops(device, torch.float32)}
+    # the peak of the precision the generators run in (bf16 where the CPU has it natively)
+    peak_key = "bf16_matmul_gflops" if translator.precision == "bf16" else "fp32_matmul_gflops"
     translator.translate_array(volume[:, :, :8], np.eye(4), direction)  # warm-up
     rows = []
     naive = min(naive_loop(translator, volume, direction) for _ in range(args.repeats))
     plane = int(math.ceil(volume.shape[0] / s) * s) * int(math.ceil(volume.shape[1] / s) * s)
     rows.append({"mode": "naive: 1 slice/pass, fp32, 1 thread (network only)", "seconds": naive,
                  "slices": volume.shape[2], "network_seconds": naive, "network_pixels": plane * volume.shape[2]})
+    splits = {}
     for axis in ("axial", "all"):
         runs = [convert_process(src, axis, args.model, args.device, args.precision) for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["seconds"])
         split = min((in_process(translator, src, axis, direction) for _ in range(args.repeats)),
                     key=lambda r: r["in_process_seconds"])
+        splits[axis] = split
         slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
         rows.append({"mode": f"medsynth-convert {axis} (whole process)", "seconds": best["seconds"], "slices": slices,
                      "passes": 3 if axis == "all" else 1,
                      "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None, **split})
+    if not args.no_server:
+        trips = server_round_trips(src, ("axial", "all"), args.model, args.device, args.precision, args.repeats)
+        for axis, seconds in trips.items():
+            # the network seconds are this process's (same machine, model and volume): the server does not
+            # report its own
+            slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
+            rows.append({"mode": f"medsynth-serve on 127.0.0.1, {axis} (client round trip, model loaded once)",
+                         "seconds": seconds, "slices": slices, "passes": 3 if axis == "all" else 1,
+                         "network_seconds": splits[axis]["network_seconds"],
+                         "network_pixels": splits[axis]["network_pixels"]})
     for row in rows:
         row["slices_per_s"] = row["slices"] / row["seconds"]
         # the same work as the naive loop's one pass over the volume, three passes for "all"
@@ -251,7 +314,7 @@ def main() -> None:
         if net_s:
             # FLOPs scale with the pixels that went through the network (only the foreground box does)
             row["network_gflops"] = flops_per_pixel * row["network_pixels"] / net_s / 1e9
-            row["share_of_bf16_peak"] = row["network_gflops"] / peaks["bf16_matmul_gflops"]
+            row["share_of_peak"] = row["network_gflops"] / peaks[peak_key]
         if "network_seconds" in row and row is not rows[0]:
             # of the whole process: everything that is not the generators (start-up, imports, I/O, statistics)
             row["outside_share_of_process"] = 1 - row["network_seconds"] / row["seconds"]
@@ -261,11 +324,11 @@ def main() -> None:
                      "slices_per_s": 400 / big["seconds"], "peak_rss_mb": big["peak_rss_mb"],
                      "peak_gpu_mb": big["gpu_peak_mb"]})
     sweep = batch_and_layout_sweep(translator, direction)
-    tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    tag = args.tag or host_kind()
     png = Path(tempfile.mkdtemp()) / "diff.png" if args.smoke else ROOT / "scripts" / "results" / f"bench_convert_bf16_diff_{tag}.png"
     diff = precision_difference(args.model, args.device, src, png)
     columns = ["mode", "seconds", "slices_per_s", "vs_naive", "network_seconds", "outside_share_of_process",
-               "outside_share", "network_gflops", "share_of_bf16_peak", "peak_rss_mb"]
+               "outside_share", "network_gflops", "share_of_peak", "peak_rss_mb"]
     cfg = translator.config.model
     print(f"{src.name} {volume.shape}, {cfg.generator} ngf {cfg.ngf}{' residual' if in_ch == 2 else ''}, "
           f"{flops_per_slice / 1e9:.2f} GFLOP per 240x240 slice; {info.get('gpu', info['cpu'])}, "
@@ -281,7 +344,7 @@ def main() -> None:
     path = write_json("bench_convert", {
         "machine": info, "volume": str(src.name), "shape": list(volume.shape), "model": str(args.model or default_model_path().name),
         "generator": cfg.generator, "ngf": cfg.ngf, "gflop_per_slice": flops_per_slice / 1e9, "peaks": peaks,
-        "bf16_vs_fp32": diff, "batch_and_layout": sweep, "args": vars(args), "rows": rows})
+        "peak_used": peak_key, "bf16_vs_fp32": diff, "batch_and_layout": sweep, "args": vars(args), "rows": rows})
     print(f"wrote {path}")
 
 

@@ -51,6 +51,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paired_residual_std_ssim": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                                  "intensity_augment": True, "lambda_ssim": 10.0,
                                  "model": {"residual": "invert", "residual_input": "base"}},
+    # the SSIM term weighted three times higher (the fold means tie the fair baseline on SSIM at 10)
+    "paired_residual_std_ssim30": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                                   "intensity_augment": True, "lambda_ssim": 30.0,
+                                   "model": {"residual": "invert", "residual_input": "base"}},
+    # the packaged recipe on whole slices (240 px: the instance-norm statistics the model sees at conversion)
+    "paired_residual_std_ssim_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0,
+                                       "lambda_identity": 0.0, "intensity_augment": True, "lambda_ssim": 10.0,
+                                       "size": 240, "model": {"residual": "invert", "residual_input": "base"}},
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},

@@ -354,3 +354,27 @@ def test_residual_model_and_its_fair_baseline(tmp_path: Path, make_volume) -> No
         from conftest import _write_model
 
         fair_baseline_translator(_write_model(tmp_path / "old.pt", "resnet6"))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_level_tables_give_exactly_the_voxelwise_maps(head_phantom, residual: bool) -> None:
+    """An integer-valued volume's normalisation and base come from tables of its levels: bitwise the same as
+    computing them voxel by voxel; a volume with fractional values takes the voxelwise path."""
+    from medsynth.inference import network_input
+    from medsynth.networks import ResidualGenerator, domain_quantiles
+
+    rng = np.random.default_rng(1)
+    raw = torch.from_numpy(np.rint(head_phantom((30, 34, 22), 2) * 7).astype(np.float32))[None]
+    stats = intensity_stats(raw)
+    generator = None
+    if residual:
+        generator = ResidualGenerator(None)
+        generator.target.set(domain_quantiles(torch.from_numpy(rng.beta(2, 3, 5000).astype(np.float32) * 2 - 1)))
+    tables = network_input(raw, stats, generator)
+    voxelwise = network_input(raw, stats, generator, tables=False)
+    assert tables.shape == (2 if residual else 1, 30, 34, 22)
+    assert torch.equal(tables, voxelwise)
+    assert (tables[-1] > -1).sum() > 1000  # a real image, not all background
+    # fractional values: the table path notices and gives the voxelwise result
+    frac = raw + 0.25 * (raw > 0)
+    assert torch.equal(network_input(frac, stats, generator), network_input(frac, stats, generator, tables=False))

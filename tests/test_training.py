@@ -299,7 +299,7 @@ def test_paired_training_adds_the_paired_term(tmp_path: Path, capsys: pytest.Cap
                        "--intensity-augment", "--sample-every", "3"])
     assert code == 0, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert "paired L1 x 10 + SSIM x 10 (2 pairs)" in err and "adversarial" not in err.split("plan:")[1].splitlines()[0]
+    assert "paired L1 x 10 + SSIM x 30 (2 pairs)" in err and "adversarial" not in err.split("plan:")[1].splitlines()[0]
     model = torch.load(run / "model.pt", weights_only=True)
     assert model["config"]["paired"] and model["config"]["model"]["residual"] == "invert"
     # each domain's training histogram travels with the model (the fair baseline and the residual need it)

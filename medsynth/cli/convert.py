@@ -73,9 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       precision=args.precision, threads=args.threads, crop=args.crop)
     translator._resolve_direction(args.direction)
     reporter = Reporter(args.progress, len(inputs))
+    # the expected duration costs a short calibration of the network: not when nothing is shown
+    on_start = reporter.expect if args.progress != "none" else None
     if single:
         out = translator.translate_file(source, args.output, args.direction, args.axis, args.fuse, args.dtype,
-                                        args.overwrite, progress=reporter.slices, on_start=reporter.expect)
+                                        args.overwrite, progress=reporter.slices, on_start=on_start)
         reporter.close()
         if args.progress == "lines":
             print(f"DONE {out}", flush=True)
@@ -84,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     failures = translator.translate_files(inputs, args.output, args.direction, args.axis, args.fuse, args.dtype,
                                           args.overwrite, progress=reporter.slices, on_done=reporter.file_done,
-                                          on_start=reporter.expect)
+                                          on_start=on_start)
     reporter.close()
     done = len(inputs) - len(failures)
     print(f"converted {done} of {len(inputs)} files into {args.output}", file=sys.stderr)
