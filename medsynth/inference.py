@@ -201,7 +201,7 @@ class Translator:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 best = min(best, time.perf_counter() - tic)
-            self._pixels_per_second = batch.shape[0] * side * side / max(best, 1e-6)
+            self._pixels_per_second = side * side / max(best, 1e-6)  # one slice; channels are not pixels
         return self._pixels_per_second
 
     def estimate_seconds(self, shape: Sequence[int], axis: str = "axial") -> float:

@@ -60,6 +60,12 @@ def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def strided_sample(x: np.ndarray) -> np.ndarray:
+    """An evenly strided view of at most about 2 M of ``x``'s voxels: the statistics that tolerate a subsample
+    (fill detection, background level, background median) take it instead of the whole volume."""
+    return x.ravel()[:: max(1, x.size // 2_000_000)]
+
+
 def background_level(x: np.ndarray, top: float) -> float:
     """The background's intensity: the most populated of 512 histogram bins between the minimum and ``top``
     when it holds over 10% of the voxels (the zero of skull-stripped MRI even when some voxels are negative,
@@ -67,7 +73,7 @@ def background_level(x: np.ndarray, top: float) -> float:
     lo = float(x.min())
     if top <= lo:
         return lo
-    sample = x.ravel()[:: max(1, x.size // 2_000_000)]
+    sample = strided_sample(x)
     counts, edges = np.histogram(sample, bins=512, range=(lo, top))
     peak = int(counts.argmax())
     if counts[peak] < 0.1 * sample.size:
@@ -85,7 +91,7 @@ def foreground_threshold(x: np.ndarray) -> float:
     (CT air, the noisy background of an unmasked head, X-ray padding) :data:`FOREGROUND_FRACTION` of the way from
     the background level up to the upper percentile.
     """
-    sample = x.ravel()[:: max(1, x.size // 2_000_000)]
+    sample = strided_sample(x)
     for fill in (0.0, float(x.min())):
         if np.count_nonzero(sample == fill) >= 0.1 * sample.size:
             return fill
@@ -105,9 +111,9 @@ def intensity_stats(x: np.ndarray | torch.Tensor) -> IntensityStats:
     lo, hi = (float(v) for v in np.percentile(inside, [LOWER_PERCENTILE, UPPER_PERCENTILE]))
     if hi <= lo:
         hi = lo + max(abs(lo), 1.0) * 1e-3
-    # the background's median from the same strided subsample as the threshold: a median of every background
-    # voxel is a partition of most of the volume, for a value that is one constant fill in most images
-    sample = x.ravel()[:: max(1, x.size // 2_000_000)]
+    # the background's median from the same subsample as the threshold: a median of every background voxel is
+    # a partition of most of the volume, for a value that is one constant fill in most images
+    sample = strided_sample(x)
     outside = sample[sample <= threshold]
     background = float(np.median(outside)) if outside.size else float(x.min())
     return IntensityStats(lo=lo, hi=hi, background=background, threshold=threshold)
