@@ -13,6 +13,9 @@ Rows (the packaged model unless ``--model``; the packaged 240 x 240 x 155 sample
   and a difference-map PNG to look at;
 - ``medsynth-serve`` on 127.0.0.1 (a real server process, the model loaded once): a client's whole round trip,
   upload, translation and the answer written, as Slicer's server option does it (``--no-server`` leaves it out);
+- ``python -m medsynth worker`` (the Slicer module's long-lived child, the model loaded once): seconds per
+  volume from the job line to ``DONE``, the file uncompressed as the module writes it (``--no-server`` leaves
+  it out too);
 - ``--big``: a 512 x 512 x 400 float volume, axial, in a child process, for its peak memory (target < 4 GB).
 
 usage: python scripts/bench_convert.py [--model M] [--repeats 2] [--big] [--device cpu]
@@ -143,6 +146,42 @@ def server_round_trips(src: Path, axes: tuple[str, ...], model: str | None, devi
         server.wait(30)
 
 
+def worker_jobs(src: Path, axes: tuple[str, ...], model: str | None, device: str, precision: str,
+                repeats: int) -> dict[str, float]:
+    """Best seconds per job (job line in, ``DONE`` out) per axis in a real ``python -m medsynth worker``, as the
+    Slicer module runs it after its first Translate; the input is an uncompressed .nii copy, as the module writes."""
+    import nibabel as nib
+
+    cmd = [sys.executable, "-m", "medsynth", "worker", "--device", device, "--precision", precision]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "input.nii"
+        nib.save(nib.load(src), plain)
+        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, bufsize=1)
+
+        def job(axis: str) -> float:
+            tic = time.perf_counter()
+            worker.stdin.write(json.dumps({"input": str(plain), "output": str(Path(tmp) / "output.nii"),
+                                           "model": model, "axis": axis}) + "\n")
+            worker.stdin.flush()
+            for line in worker.stdout:
+                if line.startswith(("DONE", "FAILED")):
+                    if line.startswith("FAILED"):
+                        raise RuntimeError(line.strip())
+                    return time.perf_counter() - tic
+            raise RuntimeError("the medsynth worker ended")
+
+        try:
+            if worker.stdout.readline().strip() != "READY":
+                raise RuntimeError("the medsynth worker did not start")
+            job("axial")  # its first job warms the kernels
+            return {axis: min(job(axis) for _ in range(repeats)) for axis in axes}
+        finally:
+            worker.stdin.close()
+            worker.wait(60)
+
+
 def in_process(translator: Translator, src: Path, axis: str, direction: str) -> dict:
     """``translate_file`` in this process, split into time in the generators and time around them."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -245,7 +284,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
     p.add_argument("--tag", default=None, help="name of the difference PNG (default: the machine kind, cpu, cpu_fp32 or gpu)")
-    p.add_argument("--no-server", action="store_true", help="leave out the round trips through a local medsynth-serve")
+    p.add_argument("--no-server", action="store_true", help="leave out the round trips through a local medsynth-serve and the worker")
     p.add_argument("--smoke", action="store_true", help="a quick check of this script on 24 slices; writes nothing")
     args = p.parse_args()
     os.environ.pop("OMP_NUM_THREADS", None)
@@ -303,6 +342,13 @@ def main() -> None:
             # report its own
             slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
             rows.append({"mode": f"medsynth-serve on 127.0.0.1, {axis} (client round trip, model loaded once)",
+                         "seconds": seconds, "slices": slices, "passes": 3 if axis == "all" else 1,
+                         "network_seconds": splits[axis]["network_seconds"],
+                         "network_pixels": splits[axis]["network_pixels"]})
+        for axis, seconds in worker_jobs(src, ("axial", "all"), args.model, args.device, args.precision,
+                                         args.repeats).items():
+            slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
+            rows.append({"mode": f"Slicer's worker (medsynth worker), {axis} (per volume, model loaded once)",
                          "seconds": seconds, "slices": slices, "passes": 3 if axis == "all" else 1,
                          "network_seconds": splits[axis]["network_seconds"],
                          "network_pixels": splits[axis]["network_pixels"]})

@@ -31,8 +31,10 @@ from MedSynthLib.logic import (  # noqa: E402
     ConversionOptions,
     list_server_models,
     run_conversion_on_node,
+    worker_for,
     write_volume_node,
 )
+from MedSynthLib.worker import Worker  # noqa: E402
 
 SHAPE = (20, 24, 16)  # I, J, K
 
@@ -156,6 +158,93 @@ def test_cancel_ends_the_child_and_adds_no_node(scene_and_node, tiny_model: Path
         job.finish()
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_worker_translates_one_volume_after_another_in_one_process(scene_and_node, tiny_model: Path,
+                                                                   tmp_path: Path) -> None:
+    """The module's long-lived worker: the same voxels as medsynth-convert, job after job, in one child process;
+    a bad model fails its job in one line and the worker goes on."""
+    scene, node = scene_and_node
+    temp_root = tmp_path / "work"
+    options = dict(model=str(tiny_model), device="cpu", temp_root=str(temp_root))
+    worker = worker_for(ConversionOptions(**options))
+    try:
+        progress: list[int] = []
+        first = run_conversion_on_node(scene, node, ConversionOptions(direction="t1-to-t2", **options),
+                                       on_progress=progress.append, timeout=120, worker=worker)
+        pid = worker.process.pid
+        assert worker.ready and progress and progress[-1] == 100 and progress == sorted(progress)
+        check_output(first, node, scene)
+
+        fake = tmp_path / "not_a_model.pt"
+        fake.write_bytes(b"this is not a model")
+        with pytest.raises(ConversionError) as caught:
+            run_conversion_on_node(scene, node, ConversionOptions(**{**options, "model": str(fake)}), timeout=120,
+                                   worker=worker)
+        assert "not_a_model.pt" in str(caught.value) and "\n" not in str(caught.value)
+
+        second = run_conversion_on_node(scene, node, ConversionOptions(direction="t2-to-t1", axis="all", **options),
+                                        timeout=120, worker=worker)
+        assert worker.process.pid == pid and worker.alive  # the same child did all three
+        assert worker_for(ConversionOptions(**options), worker) is worker
+        check_output(second, node, scene)
+        assert list(temp_root.iterdir()) == []
+        for out, direction, axis in ((first, "t1-to-t2", "axial"), (second, "t2-to-t1", "all")):
+            folder = tmp_path / f"reference_{direction}"
+            folder.mkdir()
+            expected, _ = reference_translation(node, folder, tiny_model, ".nrrd", direction=direction, axis=axis)
+            np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), expected, rtol=1e-5, atol=1e-4)
+    finally:
+        worker.stop()
+    assert not worker.alive
+
+
+def test_cancel_ends_the_worker_and_the_next_job_starts_another(scene_and_node, tiny_model: Path,
+                                                                tmp_path: Path) -> None:
+    scene, node = scene_and_node
+    volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    options = ConversionOptions(model=str(tiny_model), device="cpu", temp_root=str(tmp_path / "work"))
+    worker = worker_for(options)
+    try:
+        job = ConversionJob(scene, node, options, worker=worker)
+        job.start()
+        process = worker.process
+        time.sleep(0.1)
+        assert not job.poll() and process.poll() is None
+        job.cancel()
+        assert process.poll() is not None and not worker.alive
+        with pytest.raises(ConversionError, match="cancelled"):
+            job.finish()
+        assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
+        assert list((tmp_path / "work").iterdir()) == []
+        out = run_conversion_on_node(scene, node, options, timeout=120, worker=worker)
+        assert worker.process.pid != process.pid
+        check_output(out, node, scene)
+    finally:
+        worker.stop()
+
+
+def test_a_worker_that_dies_fails_its_job_in_one_line(scene_and_node, tmp_path: Path) -> None:
+    """A broken install (here: a Python without medsynth's worker) ends the job with the child's last line."""
+    scene, node = scene_and_node
+    options = ConversionOptions(device="cpu", temp_root=str(tmp_path / "work"))
+    worker = Worker(sys.executable, "cpu", cwd=tmp_path)
+    worker.command = [sys.executable, "-c", "import sys; sys.stdin.readline(); sys.exit('error: torch: not installed')"]
+    with pytest.raises(ConversionError, match="^torch: not installed$"):
+        run_conversion_on_node(scene, node, options, timeout=60, worker=worker)
+    assert not worker.alive
+
+
+def test_worker_for_replaces_a_worker_started_for_another_device(tmp_path: Path) -> None:
+    cpu = worker_for(ConversionOptions(device="cpu"))
+    assert cpu.command[-2:] == ["--device", "cpu"] and cpu.env["CUDA_VISIBLE_DEVICES"] == ""
+    cpu.start()
+    try:
+        auto = worker_for(ConversionOptions(device="auto"), cpu)
+        assert auto is not cpu and auto.command[-2:] == ["--device", "auto"]
+        assert not cpu.alive  # the old one was ended, not left running
+    finally:
+        cpu.stop()
 
 
 def test_rejects_multicomponent_volumes_and_output_equal_to_input(scene_and_node, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ medsynth-eval      eval                         :mod:`medsynth.cli.eval`
 medsynth-enhance   enhance                      :mod:`medsynth.cli.enhance`
 medsynth-serve     serve                        :mod:`medsynth.cli.serve`
 medsynth-demo      demo                         :mod:`medsynth.cli.demo`
+(none)             worker                       :mod:`medsynth.cli.worker` (jobs on stdin; the Slicer module)
 =================  ===========================  ========================================
 
 Shared helpers: :func:`exit_on_error` (from :mod:`medsynth.errors`) and :class:`Reporter` (progress bars or
@@ -29,6 +30,7 @@ from medsynth.cli.progress import Reporter
 from medsynth.cli.serve import main as serve_main
 from medsynth.cli.train import build_parser as train_parser
 from medsynth.cli.train import main as train_main
+from medsynth.cli.worker import main as worker_main
 from medsynth.errors import InputError, exit_on_error
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "serve_main",
     "train_main",
     "train_parser",
+    "worker_main",
 ]
 
 #: ``python -m medsynth <name>``: the command's main.
@@ -54,4 +57,5 @@ COMMANDS = {
     "enhance": enhance_main,
     "serve": serve_main,
     "demo": demo_main,
+    "worker": worker_main,
 }

@@ -35,8 +35,10 @@ from MedSynthLib.logic import (
     output_name,
     read_model_directions,
     run_conversion_on_node,
+    worker_for,
 )
 from MedSynthLib.process import DEVICE_CHOICES, target_domain
+from MedSynthLib.worker import Worker
 
 #: (label shown, value for ``--axis``)
 AXIS_CHOICES = (
@@ -135,9 +137,16 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Reading a model's directions imports torch: done when the panel is shown, not at Slicer start-up.
         if self.ui.directionComboBox.count == 0:
             self.updateDirections()
+        if not self.ui.remoteCheckBox.checked:
+            try:
+                self.logic.warmUp(device=self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex))
+            except Exception as exc:  # the first Translate starts it, and reports any problem then
+                logging.info(f"MedSynth: worker not started in advance ({exc})")
 
     def cleanup(self) -> None:
         self.cancelJob("Cancelled: module closed.")
+        if self.logic is not None:
+            self.logic.stopWorker()
         self.removeObservers()
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -392,6 +401,31 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._directions: dict[str | None, list[str]] = {}
+        #: Local translations run in one long-lived medsynth worker (torch imported and the model loaded once);
+        #: False starts a fresh ``medsynth convert`` process for every volume instead.
+        self.keepWorker = True
+        self._worker: Worker | None = None
+
+    def localWorker(self, options: ConversionOptions) -> Worker | None:
+        """The long-lived worker for local jobs with these options (None when ``keepWorker`` is off)."""
+        if not self.keepWorker or options.server_url:
+            return None
+        self._worker = worker_for(options, self._worker)
+        return self._worker
+
+    def warmUp(self, **options) -> None:
+        """Start the local worker now, so that the first Translate does not wait for Python and torch to start."""
+        if dependencies.missing_packages():
+            return
+        worker = self.localWorker(self.defaultOptions(**options))
+        if worker is not None:
+            worker.start()
+
+    def stopWorker(self) -> None:
+        """End the local worker (the next local job starts a new one)."""
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -474,7 +508,8 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
                  onEstimate=None) -> ConversionJob:
         """Start translating ``inputNode``; the caller polls the returned job (the panel does, on a timer).
         ``onEstimate`` gets medsynth's expected duration in seconds before the translation starts."""
-        job = ConversionJob(slicer.mrmlScene, inputNode, options, outputNode, onProgress, onLine, onEstimate)
+        job = ConversionJob(slicer.mrmlScene, inputNode, options, outputNode, onProgress, onLine, onEstimate,
+                            worker=self.localWorker(options))
         job.start()
         return job
 
@@ -486,11 +521,13 @@ class MedSynthLogic(ScriptedLoadableModuleLogic):
         if not self.setupPythonRequirements(askConfirmation=True):
             raise RuntimeError("PyTorch and medsynth are not installed")
         start = time.time()
+        conversionOptions = self.defaultOptions(**options)
         node = run_conversion_on_node(
             slicer.mrmlScene,
             inputNode,
-            self.defaultOptions(**options),
+            conversionOptions,
             outputNode,
+            worker=self.localWorker(conversionOptions),
             on_progress=lambda percent: slicer.app.processEvents(),
             on_line=lambda line: logging.info(f"medsynth: {line}"),
             timeout=timeout,

@@ -2,6 +2,7 @@
 
 - :mod:`MedSynthLib.geometry`: IJK-to-RAS <-> NIfTI affine, RAS <-> LPS, KJI <-> IJK.
 - :mod:`MedSynthLib.process`: the ``medsynth convert`` command, its environment, and a cancellable runner.
+- :mod:`MedSynthLib.worker`: a long-lived ``medsynth worker`` child that keeps torch and the model loaded.
 - :mod:`MedSynthLib.logic`: node -> file -> medsynth -> file -> node (needs MRML: Slicer or ``slicer-core``).
 - :mod:`MedSynthLib.dependencies`: which Python packages are missing from Slicer's Python.
 """

@@ -32,6 +32,7 @@ from MedSynthLib.process import (
     child_environment,
     target_domain,
 )
+from MedSynthLib.worker import Worker, WorkerRunner
 
 FILE_FORMATS = {"nrrd": ".nrrd", "nii": ".nii"}
 
@@ -289,6 +290,8 @@ class RemoteRunner:
 class ConversionJob:
     """One translation of one volume node, in steps a UI timer can drive.
 
+    The work runs in a fresh ``medsynth convert`` child, in ``worker`` (a long-lived child that keeps the model
+    loaded, see :mod:`MedSynthLib.worker`) when one is given, or on a server when the options name one.
     ``start()`` writes the input and starts the work, ``poll()`` returns True once it has ended,
     ``finish()`` reads the result into the output node (or raises :class:`ConversionError`), ``cancel()``
     ends the work early; ``cleanup()`` (called by ``finish`` and ``cancel``) removes the temporary files.
@@ -309,9 +312,11 @@ class ConversionJob:
         on_progress: ProgressCallback | None = None,
         on_line: LineCallback | None = None,
         on_estimate: Callable[[float], None] | None = None,
+        worker: Worker | None = None,
     ) -> None:
         self.scene = scene
         self.on_estimate = on_estimate
+        self.worker = worker
         self.input_node = input_node
         self.options = options or ConversionOptions()
         self.options.validate()
@@ -320,7 +325,7 @@ class ConversionJob:
         self.on_line = on_line
         self.temp_dir: Path | None = None
         self.output_path: Path | None = None
-        self.runner: ProcessRunner | RemoteRunner | None = None
+        self.runner: ProcessRunner | RemoteRunner | WorkerRunner | None = None
         self.state = "new"  # new -> running -> ended -> finished | failed; or cancelled
         self.started_at: float | None = None
 
@@ -352,6 +357,11 @@ class ConversionJob:
                     str(self.options.server_url), input_path, output_path, self.options, self.on_progress,
                     on_estimate=self.on_estimate, shape=tuple(int(n) for n in dims),
                 )
+            elif self.worker is not None:
+                job = {"input": str(input_path), "output": str(output_path), "model": self.options.model or None,
+                       "direction": self.options.direction, "axis": self.options.axis,
+                       "batch_size": self.options.batch_size}
+                self.runner = WorkerRunner(self.worker, job, self.on_progress, self.on_line, self.on_estimate)
             else:
                 command = build_command(
                     self.options.python_exe or sys.executable,
@@ -443,6 +453,22 @@ class ConversionJob:
         return 0.0 if self.started_at is None else time.monotonic() - self.started_at
 
 
+def worker_for(options: ConversionOptions, current: Worker | None = None) -> Worker:
+    """The worker for local jobs with ``options``: ``current`` when it was started with the same Python, device
+    and environment, else a new one (not yet started; ``current`` is then stopped)."""
+    candidate = Worker(
+        options.python_exe or sys.executable,
+        options.device,
+        env=child_environment(options.device, base=options.environment),
+        cwd=options.temp_root,
+    )
+    if current is not None and current.key == candidate.key:
+        return current
+    if current is not None:
+        current.stop()
+    return candidate
+
+
 def run_conversion_on_node(
     scene: Any,
     input_node: Any,
@@ -452,6 +478,7 @@ def run_conversion_on_node(
     on_line: LineCallback | None = None,
     timeout: float | None = None,
     interval: float = 0.05,
+    worker: Worker | None = None,
 ) -> Any:
     """Translate ``input_node`` and return the output node, blocking until done.
 
@@ -464,12 +491,13 @@ def run_conversion_on_node(
         on_line: called with other lines the child prints.
         timeout: seconds before giving up (the child is then ended); None waits for ever.
         interval: seconds between polls.
+        worker: a :class:`Worker` to run the translation in (see :func:`worker_for`); None starts a fresh child.
 
     Raises:
         ConversionError: medsynth failed; ``str()`` is its one-line error message.
         TimeoutError: ``timeout`` passed.
     """
-    job = ConversionJob(scene, input_node, options, output_node, on_progress, on_line)
+    job = ConversionJob(scene, input_node, options, output_node, on_progress, on_line, worker=worker)
     job.start()
     try:
         while not job.poll():

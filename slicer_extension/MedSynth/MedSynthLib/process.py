@@ -123,7 +123,51 @@ def error_message(stderr: str, returncode: int | None = None) -> str:
     return f"medsynth stopped with exit status {returncode}"
 
 
-class ProcessRunner:
+class ProgressLines:
+    """Turns medsynth's stdout protocol into callbacks; shared by :class:`ProcessRunner` and the worker's runner.
+
+    ``PROGRESS <percent>`` goes to ``on_progress``, ``ESTIMATE <seconds> <path>`` (the expected duration, said
+    before the network starts) sets :attr:`expected_seconds` and goes to ``on_estimate``, ``DONE <path>`` sets
+    :attr:`done_path`; other lines go to ``on_line``.
+    """
+
+    on_progress: ProgressCallback | None = None
+    on_line: LineCallback | None = None
+    on_estimate: Callable[[float], None] | None = None
+    progress: int = 0
+    expected_seconds: float | None = None
+    done_path: str | None = None
+
+    def _handle_line(self, line: str) -> None:
+        """Act on one stdout line."""
+        word, _, rest = line.strip().partition(" ")
+        if word == "PROGRESS":
+            try:
+                value = int(round(float(rest)))
+            except ValueError:
+                value = None
+            if value is not None:
+                self.progress = max(0, min(100, value))
+                if self.on_progress is not None:
+                    self.on_progress(self.progress)
+                return
+        elif word == "ESTIMATE" and rest:
+            try:
+                self.expected_seconds = float(rest.split()[0])
+            except ValueError:
+                pass
+            else:
+                if self.on_estimate is not None:
+                    self.on_estimate(self.expected_seconds)
+                return
+        elif word == "DONE" and rest:
+            self.done_path = rest.strip()
+            return
+        if self.on_line is not None and line.strip():
+            self.on_line(line)
+
+
+class ProcessRunner(ProgressLines):
     """Starts a command, turns its stdout into progress, and can end its whole process tree.
 
     Stdout lines ``PROGRESS <percent>`` go to ``on_progress``, ``ESTIMATE <seconds> <path>`` (medsynth's expected
@@ -281,33 +325,6 @@ class ProcessRunner:
                 return
             self._handle_line(line)
 
-    def _handle_line(self, line: str) -> None:
-        word, _, rest = line.strip().partition(" ")
-        if word == "PROGRESS":
-            try:
-                value = int(round(float(rest)))
-            except ValueError:
-                value = None
-            if value is not None:
-                self.progress = max(0, min(100, value))
-                if self.on_progress is not None:
-                    self.on_progress(self.progress)
-                return
-        elif word == "ESTIMATE" and rest:
-            try:
-                self.expected_seconds = float(rest.split()[0])
-            except ValueError:
-                pass
-            else:
-                if self.on_estimate is not None:
-                    self.on_estimate(self.expected_seconds)
-                return
-        elif word == "DONE" and rest:
-            self.done_path = rest.strip()
-            return
-        if self.on_line is not None and line.strip():
-            self.on_line(line)
-
     # -- stopping -------------------------------------------------------------------------------------
     def cancel(self, grace: float = 2.0) -> None:
         """End the child and every process in its group; safe to call at any time, and more than once.
@@ -318,33 +335,42 @@ class ProcessRunner:
         if self.process is None:
             return
         self.cancelled = True
-        if sys.platform == "win32":
-            subprocess.run(
-                ["taskkill", "/F", "/T", "/PID", str(self.process.pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-            self.process.kill()
-        else:
-            # The group id equals the child's pid (start_new_session) and outlives the child itself
-            # while any grandchild remains in the group.
-            pgid = self.process.pid
-            if not _signal_group(pgid, signal.SIGTERM):
-                self.process.poll()
-                return
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap the child so it does not linger as a zombie
-                if not _group_alive(pgid):
-                    break
-                time.sleep(0.05)
-            _signal_group(pgid, signal.SIGKILL)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        end_process_tree(self.process, grace)
         self.poll()
+
+
+def end_process_tree(process: subprocess.Popen, grace: float = 2.0) -> None:
+    """End a child started in its own process group (``start_new_session``) and everything in that group.
+
+    POSIX: SIGTERM to the group, then SIGKILL to whatever is left after ``grace`` seconds.
+    Windows: ``taskkill /T /F`` on the tree.
+    """
+    if sys.platform == "win32":
+        subprocess.run(
+            ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        process.kill()
+    else:
+        # The group id equals the child's pid (start_new_session) and outlives the child itself
+        # while any grandchild remains in the group.
+        pgid = process.pid
+        if not _signal_group(pgid, signal.SIGTERM):
+            process.poll()
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            process.poll()  # reap the child so it does not linger as a zombie
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.05)
+        _signal_group(pgid, signal.SIGKILL)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
