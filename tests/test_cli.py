@@ -90,8 +90,11 @@ def test_worker_translates_job_after_job_and_survives_bad_ones(make_volume, tiny
     assert len(ends) == 5 and "Traceback" not in out.stderr
     first = lines[1:lines.index(ends[0])]
     assert first[0].startswith("ESTIMATE ") and first[0].endswith(str(source))
-    percents = [int(line.split()[1]) for line in first[1:]]
+    percents = [int(line.split()[1]) for line in first[1:-1]]
+    assert all(line.startswith("PROGRESS ") for line in first[1:-1])
     assert percents and percents == sorted(percents) and percents[-1] == 100
+    word, total, network = first[-1].split()
+    assert word == "TIMING" and float(total) > float(network) > 0
 
     for job, name in ((jobs[0], "ref_a.nii.gz"), (jobs[4], "ref_e.nii.gz")):
         argv = [job["input"], str(tmp_path / name), "--model", job["model"], "--device", "cpu", "--progress", "none"]

@@ -11,7 +11,8 @@ Protocol, one line per message:
   "axis": ..., "fuse": ..., "dtype": ..., "batch_size": N|null}`` (only ``input`` and ``output`` are required);
   end of input ends the worker.
 - stdout: ``READY`` once the models can be loaded, then per job ``ESTIMATE <seconds> <input>``,
-  ``PROGRESS <percent>`` lines and one last line, ``DONE <output>`` or ``FAILED <one-line message>``.
+  ``PROGRESS <percent>`` lines, ``TIMING <seconds> <network seconds>`` (the job's time and the part of it
+  spent in the generators) and one last line, ``DONE <output>`` or ``FAILED <one-line message>``.
 
 A bad job (a missing file, a wrong direction, a model that cannot be read) fails that job only; the worker
 goes on. Outputs are written atomically and replaced, as ``medsynth convert --overwrite`` does.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import traceback
 from typing import Any, Sequence
 
@@ -95,11 +97,15 @@ def run_job(models: _Models, job: dict[str, Any]) -> str:
     Raises:
         InputError: the job's input, output, model or options are bad.
     """
+    tic = time.perf_counter()
     translator = models.get(job.get("model"), job.get("batch_size"))
     reporter = Reporter("lines", 1)
+    network_before = translator.network_seconds
     out = translator.translate_file(job["input"], job["output"], job.get("direction"), job.get("axis", "axial"),
                                     job.get("fuse", "mean"), job.get("dtype", "float32"), overwrite=True,
                                     progress=reporter.slices, on_start=reporter.expect)
+    # the split says what a job costs beyond the network (reading, statistics, writing, a model load)
+    print(f"TIMING {time.perf_counter() - tic:.4g} {translator.network_seconds - network_before:.4g}", flush=True)
     return str(out)
 
 

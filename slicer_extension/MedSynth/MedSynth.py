@@ -1,7 +1,7 @@
 """MedSynth: translate a volume to another contrast (e.g. T1 -> T2 MRI, MR -> CT) with medsynth, in 3D Slicer.
 
-The panel picks a volume, a model and a direction; Translate writes the volume to a temporary file, runs
-``python -m medsynth convert`` in a separate process (or sends the file to a medsynth server) and loads the
+The panel picks a volume, a model and a direction; Translate writes the volume to a temporary file, hands
+it to a long-lived ``python -m medsynth worker`` process (or sends the file to a medsynth server) and loads the
 result as a new volume with the input's geometry and parent transform. Everything that does not need the
 Slicer GUI lives in ``MedSynthLib`` and is tested outside Slicer.
 """

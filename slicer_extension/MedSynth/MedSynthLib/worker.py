@@ -4,7 +4,8 @@ A fresh ``medsynth convert`` child starts Python, imports torch and loads the mo
 2 s on a 2-core CPU, as long as the translation itself of a 240 x 240 x 155 volume in bf16). The module keeps
 one :class:`Worker` instead: started once (when the panel is shown, or at the first Translate), fed one job
 per Translate, ended when the module closes. Cancel ends the worker itself, since a translation cannot be
-stopped half-way inside it; the next Translate starts a new one.
+stopped half-way inside it; the next Translate starts a new one. If Slicer itself ends, the worker's stdin
+closes and it ends too: no orphan is left behind.
 
 :class:`WorkerRunner` drives one job and is polled exactly like :class:`MedSynthLib.process.ProcessRunner`.
 """
@@ -129,6 +130,13 @@ class Worker:
         for reader in self._readers:
             reader.join(timeout=timeout)
 
+    def __del__(self) -> None:
+        # A worker nobody holds any more is ended; one whose parent dies ends by itself (its stdin closes).
+        try:
+            self.stop(grace=0.5)
+        except Exception:
+            pass
+
     def stop(self, grace: float = 2.0) -> None:
         """End the child and its process group; safe to call at any time, and more than once."""
         with self._lock:
@@ -168,6 +176,8 @@ class WorkerRunner(ProgressLines):
         self._returncode: int | None = None
         self._started = False
         self._stderr_from = 0
+        #: the worker's child process doing this job (the Popen), once started
+        self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         """Start the worker if needed and hand it the job; returns at once."""
@@ -175,6 +185,7 @@ class WorkerRunner(ProgressLines):
             raise RuntimeError("this runner was already started")
         self._started = True
         self.worker.start()
+        self.process = self.worker.process
         self._stderr_from = len(self.worker.stderr_lines)
         try:
             self.worker.submit(self.job)
