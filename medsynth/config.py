@@ -34,6 +34,12 @@ class ModelConfig:
         residual_input: what the residual network sees: ``image`` (the normalised input) or ``base`` (the
             inverted histogram match itself, whose histogram is the same for every patient: a correction learned
             on it does not depend on how one scanner's intensities differ from another's).
+        gate_scale: the residual correction is ``gate_scale x gate x net(...)`` with a learned ``gate`` that starts
+            at zero. With Adam each step moves ``gate`` by about the learning rate, so at scale 1 the correction
+            can reach only about ``lr x steps`` (0.15 of the [-1, 1] range after 1,400 steps at 2e-4), far less
+            than the errors of the baseline it corrects; a larger scale lets it grow as fast as the network learns.
+        context: 2.5D input: the residual network (``residual_input="base"``) also sees the base of this many
+            neighbouring slices on each side, so that neighbouring slices are translated consistently (0: 2D).
     """
 
     generator: str = "resnet9"
@@ -45,6 +51,8 @@ class ModelConfig:
     upsample: str = "transpose"
     residual: str = "none"
     residual_input: str = "image"
+    gate_scale: float = 1.0
+    context: int = 0
 
 
 RESIDUALS = ("none", "invert")

@@ -190,9 +190,9 @@ class CycleGAN(nn.Module):
         use_cycle = c.lambda_cycle > 0
         use_identity = c.lambda_identity > 0 and use_cycle
         use_paired = target_a is not None and target_b is not None and c.lambda_paired > 0
-        # residual training data carry [image, base, standardised image]: the generators see the first two, the
-        # losses and discriminators the standardised image (plain data: the image alone)
-        inputs_a, inputs_b = real_a[:, :2], real_b[:, :2]
+        # residual training data carry [image, base, neighbours' bases (2.5D), standardised image]: the generators
+        # see all but the last, the losses and discriminators the standardised image (plain data: the image alone)
+        inputs_a, inputs_b = generator_inputs(real_a), generator_inputs(real_b)
         real_a, real_b = _loss_image(real_a), _loss_image(real_b)
 
         # generators: the discriminators are only judges here
@@ -251,8 +251,15 @@ class CycleGAN(nn.Module):
 
 
 def _loss_image(x: torch.Tensor) -> torch.Tensor:
-    """The channel losses compare with: the standardised image of residual data (channel 2), else the image."""
-    return x[:, 2:3] if x.shape[1] >= 3 else x[:, :1]
+    """The channel losses compare with: the standardised image of residual data (the last of three or more
+    channels), else the image."""
+    return x[:, -1:] if x.shape[1] >= 3 else x[:, :1]
+
+
+def generator_inputs(x: torch.Tensor) -> torch.Tensor:
+    """What a generator is given of a training batch: residual data without their last channel, the standardised
+    image the losses compare with; plain data as they are."""
+    return x[:, :-1] if x.shape[1] >= 3 else x
 
 
 def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: nn.Module,

@@ -21,7 +21,8 @@ from torch import nn
 
 from medsynth.config import AXES, AXIS_INDEX, TrainConfig
 from medsynth.devices import autocast_enabled, resolve_device, set_threads
-from medsynth.networks import ResidualGenerator, build_generator, generator_stride, histogram_targets, residual_of
+from medsynth.networks import (ResidualGenerator, build_generator, generator_stride, histogram_targets,
+                               neighbour_indices, neighbour_offsets, residual_of)
 from medsynth.errors import InputError
 from medsynth.io import Image, check_output, load_image, save_like
 
@@ -188,8 +189,9 @@ class Translator:
             # one slice of a brain's size: smaller ones fit the caches better and run faster per pixel than the
             # volumes do (96 px slices measured half the real time on a 2-core AVX2 CPU)
             side = max(self.stride, int(math.ceil(192 / self.stride) * self.stride))
-            # the channels the network gets in a translation (a residual model's base rides along)
-            channels = 2 if residual_of(network) is not None else 1
+            # the channels the network gets in a translation (a residual model's base and its neighbours' ride along)
+            residual = residual_of(network)
+            channels = 2 + 2 * residual.context if residual is not None else 1
             batch = torch.zeros(1, channels, side, side, device=self.device)
             self._run_network(network, batch)  # warm-up: allocation, kernel choice
             best = math.inf
@@ -306,19 +308,22 @@ class Translator:
 
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None) -> Path:
+                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
+                       image: Image | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
 
         Args:
             on_start: called with the input and the expected seconds (:meth:`estimate_seconds` of the box around
                 its foreground) once the input is read, before the network starts.
+            image: ``input_path`` already read (:func:`medsynth.io.load_image`), e.g. while torch was loading.
 
         Raises:
             InputError: bad input, an output that exists (without ``overwrite``) or would replace the input.
         """
         self._resolve_direction(direction)
         check_output(output_path, [input_path], overwrite)
-        image = load_image(input_path)
+        if image is None:
+            image = load_image(input_path)
         expect = None if on_start is None else (lambda seconds: on_start(Path(input_path), seconds))
         out = self.translate(image, direction, axis, fuse, progress, expect)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
@@ -387,8 +392,16 @@ class Translator:
         n, _, h, w = slices.shape
         hp, wp = (int(math.ceil(v / self.stride) * self.stride) for v in (h, w))
         out = torch.empty((n, 1, h, w), device=self.device if self.device.type == "cuda" else "cpu")
+        residual = residual_of(network)
+        offsets = neighbour_offsets(residual.context) if residual is not None and slices.shape[1] > 1 else []
         for start in range(0, n, self.batch_size):
-            batch = slices[start:start + self.batch_size].to(self.device, non_blocking=True)
+            batch = slices[start:start + self.batch_size]
+            if offsets:
+                # 2.5D: the bases of the neighbouring slices along this axis as extra channels (gathered per batch:
+                # whole shifted copies of a large volume would cost memory for nothing)
+                index = torch.arange(start, start + len(batch))
+                batch = torch.cat([batch, *(slices[neighbour_indices(index, d, n), 1:2] for d in offsets)], dim=1)
+            batch = batch.to(self.device, non_blocking=True)
             if (hp, wp) != (h, w):
                 batch = F.pad(batch, (0, wp - w, 0, hp - h), value=-1.0)
             out[start:start + len(batch)] = self._forward(network, batch.contiguous())[:, :1, :h, :w]

@@ -190,6 +190,16 @@ def histogram_match(x: torch.Tensor, target: torch.Tensor, invert: bool = False,
     return out.reshape(x.shape)
 
 
+def neighbour_offsets(context: int) -> list[int]:
+    """Slice offsets of the 2.5D neighbours, in channel order: -context, ..., -1, 1, ..., context."""
+    return [d for d in range(-context, context + 1) if d]
+
+
+def neighbour_indices(index: torch.Tensor, offset: int, count: int) -> torch.Tensor:
+    """``index + offset`` clamped to ``[0, count)``: beyond the first or last slice the edge slice repeats."""
+    return (index + offset).clamp_(0, count - 1)
+
+
 class HistogramTarget(nn.Module):
     """The target domain's foreground quantiles, a buffer so they travel in the generator's state dict."""
 
@@ -212,15 +222,23 @@ class ResidualGenerator(nn.Module):
     baseline alone. ``net_input="base"`` shows the network the base instead of the image.
     """
 
-    def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS, net_input: str = "image") -> None:
+    def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS, net_input: str = "image",
+                 gate_scale: float = 1.0, context: int = 0) -> None:
         super().__init__()
         if net_input not in ("image", "base"):
             raise ValueError(f"unknown residual input {net_input!r}: use image or base")
+        if context and net_input != "base":
+            raise ValueError("2.5D context needs the network to see the base (residual input 'base')")
+        #: neighbouring slices on each side whose bases the network sees (channels 2, 3, ... of the input)
+        self.context = int(context)
         self.net = net
         self.net_input = net_input
         # ReZero-style gate, zero at the start: an untrained network is exactly the baseline (a randomly
         # initialised one would add noise of a third of the range and start far below it)
         self.gate = nn.Parameter(torch.zeros(()))
+        # a constant factor on the gate: Adam moves a parameter by about the learning rate per step whatever its
+        # gradient, so the factor is the gate's own learning-rate multiplier (see ModelConfig.gate_scale)
+        self.gate_scale = float(gate_scale)
         self.target = HistogramTarget(knots)
         self.stride = getattr(net, "stride", 4) if net is not None else 1
 
@@ -231,11 +249,21 @@ class ResidualGenerator(nn.Module):
         return inverted_histogram_match(volume[None].float(), self.target.quantiles.float(), own)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: (N, C, H, W) with channels [image, base, neighbours' bases...]; the image alone (a generated
+        image in the cycle) gets its slice's own base, and missing neighbours are that base again."""
         x0 = x[:, :1]
         base = x[:, 1:2] if x.shape[1] > 1 else inverted_histogram_match(x0, self.target.quantiles)
         if self.net is None:
             return base
-        y = (base + self.gate.to(base.dtype) * self.net(x0 if self.net_input == "image" else base)).clamp(-1.0, 1.0)
+        if self.net_input == "image":
+            seen = x0
+        elif self.context:
+            width = 2 * self.context
+            neighbours = x[:, 2:2 + width] if x.shape[1] >= 2 + width else base.expand(-1, width, -1, -1)
+            seen = torch.cat([base, neighbours], dim=1)
+        else:
+            seen = base
+        y = (base + (self.gate * self.gate_scale).to(base.dtype) * self.net(seen)).clamp(-1.0, 1.0)
         return torch.where(x0 > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
 
 
@@ -247,6 +275,11 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
         return IdentityGenerator()
     if config.generator == "map":
         return ResidualGenerator(None)
+    if config.residual == "invert":
+        # 2.5D: the base of the slice and of its neighbours
+        in_channels = 1 + 2 * config.context
+    elif config.context:
+        raise ValueError("2.5D context is for residual generators (residual 'invert', residual input 'base')")
     if config.generator in ("resnet9", "resnet6"):
         net: nn.Module = ResnetGenerator(in_channels, out_channels, config.ngf, int(config.generator[-1]),
                                          config.norm, config.dropout, config.upsample)
@@ -255,7 +288,8 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
     else:
         raise ValueError(f"unknown generator {config.generator!r}: use resnet9, resnet6 or unet")
     if config.residual == "invert":
-        return ResidualGenerator(net, net_input=config.residual_input)
+        return ResidualGenerator(net, net_input=config.residual_input, gate_scale=config.gate_scale,
+                                 context=config.context)
     if config.residual != "none":
         raise ValueError(f"unknown residual {config.residual!r}: use none or invert")
     return net

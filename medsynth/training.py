@@ -112,15 +112,25 @@ class DomainData:
         self.stats = IntensityStats.median([IntensityStats.from_dict(item["image_stats"]) for item in self.items])
         self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
 
-    def add_base(self, target_quantiles: torch.Tensor, own_quantiles: torch.Tensor) -> None:
-        """Stack two channels onto each volume for residual generators: the inverted-histogram base (see
-        :class:`~medsynth.networks.ResidualGenerator`), computed on the whole volume as conversion does, and the
-        volume standardised onto its own domain's pooled histogram, which the losses compare with (so that the
-        training patients' tissues sit at the same levels, whatever their scanners made of them)."""
-        from medsynth.networks import histogram_match, inverted_histogram_match
+    def add_base(self, target_quantiles: torch.Tensor, own_quantiles: torch.Tensor, context: int = 0,
+                 axis: str = "axial") -> None:
+        """Stack channels onto each volume for residual generators: the inverted-histogram base (see
+        :class:`~medsynth.networks.ResidualGenerator`), computed on the whole volume as conversion does; for 2.5D
+        (``context``) the base of the neighbouring slices along ``axis``; and last the volume standardised onto
+        its own domain's pooled histogram, which the losses compare with (so that the training patients' tissues
+        sit at the same levels, whatever their scanners made of them)."""
+        from medsynth.config import AXIS_INDEX
+        from medsynth.networks import histogram_match, inverted_histogram_match, neighbour_indices, neighbour_offsets
 
-        self.volumes = [torch.cat([v, inverted_histogram_match(v[:1][None], target_quantiles)[0],
-                                   histogram_match(v[:1][None], own_quantiles)[0]]) for v in self.volumes]
+        dim = 3 if self.is_2d else AXIS_INDEX[axis] + 1
+        volumes = []
+        for v in self.volumes:
+            base = inverted_histogram_match(v[:1][None], target_quantiles)[0]
+            index = torch.arange(base.shape[dim])
+            neighbours = [base.index_select(dim, neighbour_indices(index, d, base.shape[dim]))
+                          for d in neighbour_offsets(context)]
+            volumes.append(torch.cat([v, base, *neighbours, histogram_match(v[:1][None], own_quantiles)[0]]))
+        self.volumes = volumes
 
     def quantiles(self) -> torch.Tensor:
         """The domain's pooled foreground quantiles (normalised units), for the inverted-histogram map and the
@@ -169,8 +179,8 @@ def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig) -> tuple[
     pairs = pair_volumes(a, b) if config.paired else None
     quantiles = (a.quantiles(), b.quantiles())
     if config.model.residual == "invert":
-        a.add_base(quantiles[1], quantiles[0])
-        b.add_base(quantiles[0], quantiles[1])
+        a.add_base(quantiles[1], quantiles[0], config.model.context, config.axis)
+        b.add_base(quantiles[0], quantiles[1], config.model.context, config.axis)
     return pairs, quantiles
 
 
@@ -368,6 +378,11 @@ class Trainer:
         for option in ("pool_size",):
             if getattr(config, option) < 0:
                 raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must not be negative")
+        if config.model.context < 0:
+            raise InputError("--context", f"{config.model.context} must not be negative")
+        if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
+            raise InputError("--context", "2.5D context is for residual generators that see the base: add "
+                                          "--residual invert --residual-input base")
         if len(config.names) != 2 or config.names[0] == config.names[1] or not all(config.names):
             raise InputError("--names", f"{','.join(config.names)}: give two different domain names, e.g. t1,t2")
 
@@ -590,10 +605,12 @@ class Trainer:
 
     @torch.no_grad()
     def _write_samples(self, model: Any, samples: tuple[torch.Tensor, torch.Tensor], step: int) -> None:
+        from medsynth.cyclegan import generator_inputs
+
         real_a, real_b = samples
         model.eval()
-        fake_b = model.g_ab(real_a)
-        fake_a = model.g_ba(real_b)
+        fake_b = model.g_ab(generator_inputs(real_a))
+        fake_a = model.g_ba(generator_inputs(real_b))
         rec_a, rec_b = model.g_ba(fake_b), model.g_ab(fake_a)
         model.train()
         rows = [[real_a[i, :1], fake_b[i], rec_a[i]] for i in range(len(real_a))]
@@ -756,7 +773,8 @@ class Plan:
         done = f", resuming at {self.start}" if self.start else ""
         return (f"plan: {c.total_steps} steps{done} (learning rate constant to {c.decay_from}, then linear decay), "
                 f"batch {c.batch_size}, {m.generator} ngf {m.ngf}"
-                f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}, {c.size} px "
+                f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
+                f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
                 f"{c.axis} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}")
 

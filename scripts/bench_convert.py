@@ -384,7 +384,9 @@ def main() -> None:
     print(f"{src.name} {volume.shape}, {cfg.generator} ngf {cfg.ngf}{' residual' if in_ch == 2 else ''}, "
           f"{flops_per_slice / 1e9:.2f} GFLOP per 240x240 slice; {info.get('gpu', info['cpu'])}, "
           f"{torch.get_num_threads()} threads, precision {translator.precision}, batch {translator.batch_size}")
-    print(f"measured matmul peak: bf16 {peaks['bf16_matmul_gflops']:.0f} GFLOP/s, fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s")
+    bf16_peak = peaks["bf16_matmul_gflops"]
+    print(f"measured matmul peak: bf16 {f'{bf16_peak:.0f} GFLOP/s' if bf16_peak else 'not measured (no native bf16)'}, "
+          f"fp32 {peaks['fp32_matmul_gflops']:.0f} GFLOP/s")
     print(table(rows, columns))
     print("generator alone, 240 x 240 slices:", ", ".join(f"{r['layout']} batch {r['batch']}: {r['slices_per_s']:.1f}/s"
                                                            for r in sweep))

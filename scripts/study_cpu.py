@@ -59,6 +59,45 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paired_residual_std_ssim_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0,
                                        "lambda_identity": 0.0, "intensity_augment": True, "lambda_ssim": 10.0,
                                        "size": 240, "model": {"residual": "invert", "residual_input": "base"}},
+    # the packaged recipe (SSIM x 30) on whole slices: instance-norm statistics as at conversion
+    "ssim30_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                     "intensity_augment": True, "lambda_ssim": 30.0, "size": 240,
+                     "model": {"residual": "invert", "residual_input": "base"}},
+    # the packaged recipe, twice as wide
+    "ssim30_ngf32": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                     "intensity_augment": True, "lambda_ssim": 30.0,
+                     "model": {"residual": "invert", "residual_input": "base", "ngf": 32}},
+    # the packaged recipe with MONAI's U-Net (skip connections keep the base's detail; four downsamplings)
+    "ssim30_unet": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                    "intensity_augment": True, "lambda_ssim": 30.0,
+                    "model": {"residual": "invert", "residual_input": "base", "generator": "unet"}},
+    # the packaged recipe, four times as many steps
+    "ssim30_long": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                    "intensity_augment": True, "lambda_ssim": 30.0, "steps": 5472,
+                    "model": {"residual": "invert", "residual_input": "base"}},
+    # the packaged recipe with the residual gate's learning rate x 10 and x 30 (at x 1 the gate, and with it the
+    # largest correction, reaches only about 0.15 of the range in 1,368 steps)
+    "ssim30_gate10": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                      "intensity_augment": True, "lambda_ssim": 30.0,
+                      "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
+    "ssim30_gate30": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                      "intensity_augment": True, "lambda_ssim": 30.0,
+                      "model": {"residual": "invert", "residual_input": "base", "gate_scale": 30.0}},
+    # with the faster gate: 2.5D (the bases of one neighbouring slice on each side), wider, longer
+    "ssim30_gate10_context1": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                               "intensity_augment": True, "lambda_ssim": 30.0,
+                               "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
+                                         "context": 1}},
+    "ssim30_gate10_context2": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                               "intensity_augment": True, "lambda_ssim": 30.0,
+                               "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
+                                         "context": 2}},
+    "ssim30_gate10_ngf32": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                            "intensity_augment": True, "lambda_ssim": 30.0,
+                            "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0, "ngf": 32}},
+    "ssim30_gate10_long": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                           "intensity_augment": True, "lambda_ssim": 30.0, "steps": 5472,
+                           "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -81,6 +120,8 @@ def build_config(recipe: str, train_cases: list[Path], held_out: Path, out: Path
     override = json.loads(json.dumps(RECIPES[recipe]))
     spec["model"].update(override.pop("model", {}))
     spec.update(override)
+    # a recipe may fix its own step count (a longer run of another recipe)
+    steps = int(spec.pop("steps", steps))
     model = ModelConfig(**spec.pop("model"))
     return TrainConfig(a=[str(c / "t1.nii.gz") for c in train_cases], b=[str(c / "t2.nii.gz") for c in train_cases],
                        out=str(out), model=model, steps=steps, val_a=[str(held_out / "t1.nii.gz")],

@@ -378,3 +378,44 @@ def test_level_tables_give_exactly_the_voxelwise_maps(head_phantom, residual: bo
     # fractional values: the table path notices and gives the voxelwise result
     frac = raw + 0.25 * (raw > 0)
     assert torch.equal(network_input(frac, stats, generator), network_input(frac, stats, generator, tables=False))
+
+
+class _PreviousSlice(torch.nn.Module):
+    """A 2.5D "network" that returns the base of the previous slice minus the slice's own: with the gate at 1 a
+    residual generator built on it outputs exactly the previous slice's base."""
+
+    stride = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:2] - x[:, :1]
+
+
+@pytest.mark.parametrize("axis", ["axial", "coronal", "sagittal"])
+def test_context_channels_are_the_neighbouring_slices_of_each_axis(tmp_path: Path, make_volume, axis: str) -> None:
+    from medsynth.config import AXIS_INDEX, ModelConfig, TrainConfig
+    from medsynth.networks import ResidualGenerator, domain_quantiles
+
+    q = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
+    nets = []
+    for gate in (0.0, 1.0):
+        g = ResidualGenerator(_PreviousSlice(), net_input="base", context=1)
+        g.target.set(q)
+        with torch.no_grad():
+            g.gate.fill_(gate)
+        nets.append(g)
+    config = TrainConfig(model=ModelConfig(generator="resnet6", residual="invert", residual_input="base", context=1))
+    stats = {n: {"lo": 100.0, "hi": 900.0, "background": 0.0, "threshold": 10.0} for n in ("t1", "t2")}
+    src = make_volume(tmp_path, "in.nii.gz", shape=(30, 28, 12), contrast="t1")
+    # the same networks in both directions: gate 0 gives the base itself, gate 1 the previous slice's base
+    base = Translator.from_networks(nets[0], nets[0], config, stats, device="cpu", precision="fp32", crop=False)
+    shifted = Translator.from_networks(nets[1], nets[1], config, stats, device="cpu", precision="fp32", crop=False)
+    b = base.translate(src, axis=axis).array
+    s = shifted.translate(src, axis=axis).array
+    k = AXIS_INDEX[axis]  # the phantom's affine is RAS already
+    previous = np.take(b, np.clip(np.arange(b.shape[k]) - 1, 0, b.shape[k] - 1), axis=k)
+    fg = nib.load(src).get_fdata() > 0
+    # where the previous slice is background its base is the background level, which the output keeps only
+    # inside this slice's foreground: compare where both are foreground
+    inside = fg & np.take(fg, np.clip(np.arange(fg.shape[k]) - 1, 0, fg.shape[k] - 1), axis=k)
+    np.testing.assert_allclose(s[inside], previous[inside], atol=1e-4)
+    assert not np.allclose(s[inside], b[inside], atol=1e-2)

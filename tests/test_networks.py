@@ -98,3 +98,39 @@ def test_histogram_match_is_the_rank_map_through_both_histograms(invert: bool) -
     fg = v > -1 + 1e-3
     assert np.all(y[~fg] == -1)
     assert np.abs(y[fg] - expected[fg]).max() < 5e-4  # the knots are nudged apart by 1e-6 each
+
+
+def test_context_widens_the_residual_network_and_needs_the_base() -> None:
+    from medsynth.config import ModelConfig
+    from medsynth.networks import ResidualGenerator, build_generator
+
+    g = build_generator(ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base", context=2))
+    assert isinstance(g, ResidualGenerator) and g.context == 2
+    assert g.net.model[1].in_channels == 5  # the base and two neighbours on each side
+    with torch.no_grad():
+        g.gate.fill_(0.1)
+    x = torch.rand(2, 6, 32, 32) * 2 - 1
+    assert g(x).shape == (2, 1, 32, 32)
+    # a generated image alone (the cycle) gets its own base, repeated as its neighbours
+    assert g(x[:, :1]).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="base"):
+        build_generator(ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="image", context=1))
+    with pytest.raises(ValueError, match="residual"):
+        build_generator(ModelConfig(generator="resnet6", ngf=4, context=1))
+
+
+def test_gate_scale_multiplies_the_correction() -> None:
+    from medsynth.config import ModelConfig
+    from medsynth.networks import build_generator
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 32, 32) * 1.6 - 0.8  # foreground, away from the clamp at +-1
+    outs = []
+    for scale in (1.0, 10.0):
+        torch.manual_seed(1)
+        g = build_generator(ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base",
+                                        gate_scale=scale))
+        with torch.no_grad():
+            g.gate.fill_(0.01)
+        outs.append(g(x) - x[:, 1:2])
+    assert torch.allclose(outs[1], 10 * outs[0], atol=1e-5)

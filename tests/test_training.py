@@ -400,3 +400,47 @@ def test_cpu_recipe_fills_only_what_was_not_given() -> None:
     args = build_parser().parse_args(argv)
     _apply_recipe(args, _given_options(argv))
     assert args.generator == "resnet9" and args.ngf == 64 and args.size == 256 and args.steps == 200_000
+
+
+def test_context_run_trains_on_neighbouring_slices_and_converts(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from medsynth.config import TrainConfig
+    from medsynth.inference import Translator
+    from medsynth.training import DomainData, SliceDataset, prepare_domains
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    files_a = sorted((tmp_path / "t1").glob("*.nii.gz"))
+    files_b = sorted((tmp_path / "t2").glob("*.nii.gz"))
+    config = TrainConfig(a=[str(f) for f in files_a], b=[str(f) for f in files_b], paired=True, size=32,
+                         axis="coronal", lambda_adv=0, lambda_cycle=0)
+    config.model.residual, config.model.residual_input, config.model.context = "invert", "base", 1
+    a, b = DomainData(files_a, progress=False), DomainData(files_b, progress=False)
+    pairs, _ = prepare_domains(a, b, config)
+    v = a.volumes[0]
+    # [image, base, base of the slice before, base of the slice after, standardised image], along the axis
+    assert v.shape[0] == 5
+    base = v[1]
+    np.testing.assert_array_equal(v[2][:, 1:], base[:, :-1])
+    np.testing.assert_array_equal(v[3][:, :-1], base[:, 1:])
+    np.testing.assert_array_equal(v[2][:, 0], base[:, 0])  # the edge slice repeats
+    sample = SliceDataset(a, b, config, pairs)[0]
+    assert sample["a"].shape == (5, 32, 32) and sample["b"].shape == (5, 32, 32)
+
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(run), *TINY,
+                       "--steps", "3", "--paired", "--residual", "invert", "--residual-input", "base",
+                       "--context", "1", "--gate-scale", "10", "--lambda-adv", "0", "--lambda-cycle", "0",
+                       "--sample-every", "3"])
+    assert code == 0, capsys.readouterr().err
+    assert "2.5D: 1 neighbouring slices each side" in capsys.readouterr().err
+    translator = Translator.from_file(run / "model.pt", device="cpu")
+    out = translator.translate(files_a[0], axis="all")
+    assert out.array.shape == (30, 34, 12) and np.isfinite(out.array).all()
+    assert translator.config.model.context == 1 and translator.config.model.gate_scale == 10
+
+
+def test_context_needs_a_residual_network_on_the_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = _pair(tmp_path, "case0")
+    line = _bad(tmp_path, capsys, [str(a)], [str(b)], ("--paired", "--residual", "none", "--context", "1"))
+    assert "--context" in line and "residual" in line

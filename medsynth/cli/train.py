@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--residual-input", choices=RESIDUAL_INPUTS, default=m.residual_input,
                    help="what the residual network sees: the image, or the inverted histogram match (the same "
                         "histogram for every patient)")
+    n.add_argument("--gate-scale", type=float, default=m.gate_scale,
+                   help="learning-rate multiplier of the residual correction's gate (it starts at zero)")
+    n.add_argument("--context", type=int, default=m.context,
+                   help="2.5D: neighbouring slices on each side whose bases the residual network also sees")
     n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
     o = p.add_argument_group("objective and schedule")
     o.add_argument("--recipe", choices=RECIPES, default="auto",
@@ -130,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
                           norm=args.norm, dropout=args.dropout, upsample=args.upsample, residual=args.residual,
-                          residual_input=args.residual_input),
+                          residual_input=args.residual_input, gate_scale=args.gate_scale,
+                          context=args.context),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
