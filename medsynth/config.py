@@ -168,7 +168,7 @@ CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "ups
 #: added to :data:`CPU_RECIPE` for ``--paired`` data
 CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base", "intensity_augment": True,
                                      "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                                     "lambda_ssim": 30.0}
+                                     "lambda_ssim": 30.0, "gate_scale": 10.0}
 RECIPES = ("auto", "cpu", "reference")
 
 

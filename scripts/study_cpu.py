@@ -98,6 +98,17 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_long": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                            "intensity_augment": True, "lambda_ssim": 30.0, "steps": 5472,
                            "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
+    # with the faster gate: SSIM x 100, dropout 0.5 in the ResNet blocks (pix2pix's regulariser), 1.5x the steps
+    "ssim100_gate10": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                       "intensity_augment": True, "lambda_ssim": 100.0,
+                       "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
+    "ssim30_gate10_dropout": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                              "intensity_augment": True, "lambda_ssim": 30.0,
+                              "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
+                                        "dropout": 0.5}},
+    "ssim30_gate10_2052": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+                           "intensity_augment": True, "lambda_ssim": 30.0, "steps": 2052,
+                           "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
