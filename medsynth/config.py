@@ -166,7 +166,7 @@ class TrainConfig:
 CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "upsample": "nearest", "size": 128,
                               "steps": 20_000}
 #: added to :data:`CPU_RECIPE` for ``--paired`` data
-CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base", "intensity_augment": True,
+CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base",
                                      "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                                      "lambda_ssim": 30.0, "gate_scale": 10.0}
 RECIPES = ("auto", "cpu", "reference")
