@@ -308,22 +308,19 @@ class Translator:
 
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
-                       image: Image | None = None) -> Path:
+                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
 
         Args:
             on_start: called with the input and the expected seconds (:meth:`estimate_seconds` of the box around
                 its foreground) once the input is read, before the network starts.
-            image: ``input_path`` already read (:func:`medsynth.io.load_image`), e.g. while torch was loading.
 
         Raises:
             InputError: bad input, an output that exists (without ``overwrite``) or would replace the input.
         """
         self._resolve_direction(direction)
         check_output(output_path, [input_path], overwrite)
-        if image is None:
-            image = load_image(input_path)
+        image = load_image(input_path)
         expect = None if on_start is None else (lambda seconds: on_start(Path(input_path), seconds))
         out = self.translate(image, direction, axis, fuse, progress, expect)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)

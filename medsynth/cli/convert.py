@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
@@ -58,22 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_dir = Path(args.output)
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(out_dir, "several inputs need an output folder, and this is a file")
-    reading = None
-    if single:
-        # the input is read and decompressed (zlib releases the GIL) while torch is imported: a fresh process
-        # spends about as long on that import as on the translation itself
-        from concurrent.futures import ThreadPoolExecutor
-
-        from medsynth.io import check_output, load_image
-
-        def read() -> Any:
-            check_output(args.output, [source], args.overwrite)
-            return load_image(source)
-
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsynth-read")
-        reading = pool.submit(read)
-        pool.shutdown(wait=False)
-    from medsynth.inference import Translator  # torch: not for --help
+    from medsynth.inference import Translator  # torch and MONAI: not for --help
 
     if args.batch_size is not None and args.batch_size < 1:
         raise InputError("--batch-size", f"{args.batch_size} must be at least 1")
@@ -91,9 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the expected duration costs a short calibration of the network: not when nothing is shown
     on_start = reporter.expect if args.progress != "none" else None
     if single:
-        image = reading.result()  # type: ignore[union-attr]
         out = translator.translate_file(source, args.output, args.direction, args.axis, args.fuse, args.dtype,
-                                        args.overwrite, progress=reporter.slices, on_start=on_start, image=image)
+                                        args.overwrite, progress=reporter.slices, on_start=on_start)
         reporter.close()
         if args.progress == "lines":
             print(f"DONE {out}", flush=True)
