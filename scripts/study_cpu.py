@@ -34,6 +34,14 @@ BASE: dict[str, Any] = {"model": {"generator": "resnet6", "ngf": 16, "ndf": 32, 
                         "size": 128, "batch_size": 1}
 #: recipe -> TrainConfig overrides (``model`` merged into BASE's); ``steps_per_minute`` is planned from a
 #: measurement of the step on this machine so that each fold gets about ``--minutes`` of training
+def _ssim30(model: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    """The second pass's packaged recipe (paired residual on the base, SSIM x 30) with ``changes`` (``model``:
+    changes of the networks)."""
+    return {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
+            "intensity_augment": True, "lambda_ssim": 30.0, **changes,
+            "model": {"residual": "invert", "residual_input": "base", **(model or {})}}
+
+
 RECIPES: dict[str, dict[str, Any]] = {
     # the recipe the previous packaged model was trained with: unpaired, one thread, fp32
     "unpaired_1thread_fp32": {"threads": 1, "amp": False},
@@ -59,56 +67,25 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paired_residual_std_ssim_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0,
                                        "lambda_identity": 0.0, "intensity_augment": True, "lambda_ssim": 10.0,
                                        "size": 240, "model": {"residual": "invert", "residual_input": "base"}},
-    # the packaged recipe (SSIM x 30) on whole slices: instance-norm statistics as at conversion
-    "ssim30_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                     "intensity_augment": True, "lambda_ssim": 30.0, "size": 240,
-                     "model": {"residual": "invert", "residual_input": "base"}},
-    # the packaged recipe, twice as wide
-    "ssim30_ngf32": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                     "intensity_augment": True, "lambda_ssim": 30.0,
-                     "model": {"residual": "invert", "residual_input": "base", "ngf": 32}},
-    # the packaged recipe with MONAI's U-Net (skip connections keep the base's detail; four downsamplings)
-    "ssim30_unet": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                    "intensity_augment": True, "lambda_ssim": 30.0,
-                    "model": {"residual": "invert", "residual_input": "base", "generator": "unet"}},
-    # the packaged recipe, four times as many steps
-    "ssim30_long": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                    "intensity_augment": True, "lambda_ssim": 30.0, "steps": 5472,
-                    "model": {"residual": "invert", "residual_input": "base"}},
-    # the packaged recipe with the residual gate's learning rate x 10 and x 30 (at x 1 the gate, and with it the
-    # largest correction, reaches only about 0.15 of the range in 1,368 steps)
-    "ssim30_gate10": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                      "intensity_augment": True, "lambda_ssim": 30.0,
-                      "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
-    "ssim30_gate30": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                      "intensity_augment": True, "lambda_ssim": 30.0,
-                      "model": {"residual": "invert", "residual_input": "base", "gate_scale": 30.0}},
-    # with the faster gate: 2.5D (the bases of one neighbouring slice on each side), wider, longer
-    "ssim30_gate10_context1": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                               "intensity_augment": True, "lambda_ssim": 30.0,
-                               "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
-                                         "context": 1}},
-    "ssim30_gate10_context2": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                               "intensity_augment": True, "lambda_ssim": 30.0,
-                               "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
-                                         "context": 2}},
-    "ssim30_gate10_ngf32": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                            "intensity_augment": True, "lambda_ssim": 30.0,
-                            "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0, "ngf": 32}},
-    "ssim30_gate10_long": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                           "intensity_augment": True, "lambda_ssim": 30.0, "steps": 5472,
-                           "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
-    # with the faster gate: SSIM x 100, dropout 0.5 in the ResNet blocks (pix2pix's regulariser), 1.5x the steps
-    "ssim100_gate10": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                       "intensity_augment": True, "lambda_ssim": 100.0,
-                       "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
-    "ssim30_gate10_dropout": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                              "intensity_augment": True, "lambda_ssim": 30.0,
-                              "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0,
-                                        "dropout": 0.5}},
-    "ssim30_gate10_2052": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                           "intensity_augment": True, "lambda_ssim": 30.0, "steps": 2052,
-                           "model": {"residual": "invert", "residual_input": "base", "gate_scale": 10.0}},
+    # the second pass's packaged recipe (SSIM x 30) on whole slices: instance-norm statistics as at conversion
+    "ssim30_whole": _ssim30(size=240),
+    # the same, twice as wide; with MONAI's U-Net; four times as many steps
+    "ssim30_ngf32": _ssim30(model={"ngf": 32}),
+    "ssim30_unet": _ssim30(model={"generator": "unet"}),
+    "ssim30_long": _ssim30(steps=5472),
+    # the residual gate's learning rate x 10 and x 30 (at x 1 the gate, and with it the largest correction, reaches
+    # only about 0.15 of the range in 1,368 steps); x 10 is the packaged recipe now
+    "ssim30_gate10": _ssim30(model={"gate_scale": 10.0}),
+    "ssim30_gate30": _ssim30(model={"gate_scale": 30.0}),
+    # with the faster gate: 2.5D (the bases of one or two neighbouring slices on each side), wider, longer, SSIM x
+    # 100, dropout 0.5 in the ResNet blocks (pix2pix's regulariser), 1.5x the steps
+    "ssim30_gate10_context1": _ssim30(model={"gate_scale": 10.0, "context": 1}),
+    "ssim30_gate10_context2": _ssim30(model={"gate_scale": 10.0, "context": 2}),
+    "ssim30_gate10_ngf32": _ssim30(model={"gate_scale": 10.0, "ngf": 32}),
+    "ssim30_gate10_long": _ssim30(steps=5472, model={"gate_scale": 10.0}),
+    "ssim100_gate10": _ssim30(lambda_ssim=100.0, model={"gate_scale": 10.0}),
+    "ssim30_gate10_dropout": _ssim30(model={"gate_scale": 10.0, "dropout": 0.5}),
+    "ssim30_gate10_2052": _ssim30(steps=2052, model={"gate_scale": 10.0}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
