@@ -32,8 +32,8 @@ DATA = HERE.parent.parent / "shared" / "data" / "brain_t1t2"
 #: the networks of the packaged CPU model: small enough to train in minutes on two cores
 BASE: dict[str, Any] = {"model": {"generator": "resnet6", "ngf": 16, "ndf": 32, "upsample": "nearest"},
                         "size": 128, "batch_size": 1}
-#: recipe -> TrainConfig overrides (``model`` merged into BASE's); ``steps_per_minute`` is planned from a
-#: measurement of the step on this machine so that each fold gets about ``--minutes`` of training
+
+
 def _ssim30(model: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
     """The second pass's packaged recipe (paired residual on the base, SSIM x 30) with ``changes`` (``model``:
     changes of the networks)."""
@@ -42,6 +42,8 @@ def _ssim30(model: dict[str, Any] | None = None, **changes: Any) -> dict[str, An
             "model": {"residual": "invert", "residual_input": "base", **(model or {})}}
 
 
+#: recipe -> TrainConfig overrides (``model`` merged into BASE's); ``steps_per_minute`` is planned from a
+#: measurement of the step on this machine so that each fold gets about ``--minutes`` of training
 RECIPES: dict[str, dict[str, Any]] = {
     # the recipe the previous packaged model was trained with: unpaired, one thread, fp32
     "unpaired_1thread_fp32": {"threads": 1, "amp": False},
@@ -219,11 +221,12 @@ def _oracle(case: str) -> dict[str, dict[str, float]]:
     return _ORACLES[case]
 
 
-def collect(root: Path, extra: bool = False) -> dict[str, Any]:
+def collect(root: Path, extra: bool = False, only: list[str] | None = None) -> dict[str, Any]:
     """Every finished run's curve, and per recipe the mean over folds at each validation point (``extra``: and
-    :func:`extra_scores` of each final model)."""
+    :func:`extra_scores` of each final model; ``only``: these recipes, not every one found)."""
     result: dict[str, Any] = {"recipes": {}}
-    for recipe_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in RECIPES):
+    wanted = set(only) if only else set(RECIPES)
+    for recipe_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in RECIPES and p.name in wanted):
         folds = {}
         for run in sorted(recipe_dir.iterdir()):
             if not (run / "metrics.json").exists() or not (run / "fair_baseline.json").exists():
@@ -367,11 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{recipe}: {seconds:.3f} s/step", flush=True)
             for fold in all_cases:
                 run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points, args.steps)
-    result = collect(args.out, args.extra)
-    if args.only:
-        keep = args.only.split(",")
-        result["recipes"] = {k: v for k, v in result["recipes"].items() if k in keep}
-    report(result, args.results, args.name)
+    report(collect(args.out, args.extra, args.only.split(",") if args.only else None), args.results, args.name)
     return 0
 
 
