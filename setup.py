@@ -13,7 +13,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["medsynth", "medsynth.*"]),
-    package_data={"medsynth": ["models/*.pt", "models/*.md", "models/*.json", "data/*.nii.gz", "data/*.md"]},
+    package_data={"medsynth": ["models/*.pt", "models/*.md", "models/*.json", "data/*.nii.gz", "data/*.png", "data/*.md"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.2",
@@ -26,14 +26,16 @@ setup(
         "tensorboard>=2.12",
         "pillow>=9.0",
         "scikit-image>=0.21",
-        "pydicom>=2.4",
+        "pydicom>=3.0",  # pydicom.pixels, save_as(enforce_file_format=...)
         "matplotlib>=3.6",
     ],
     extras_require={
         "server": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "slicer-test": ["slicer-core>=5.13"],
         "dev": ["pytest>=7", "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27",
-                "python-multipart>=0.0.9"],
+                "python-multipart>=0.0.9", "fire>=0.5"],
+        # `python -m monai.bundle run` (an exported bundle) needs MONAI's optional command-line dependency
+        "bundle": ["fire>=0.5"],
     },
     entry_points={
         "console_scripts": [

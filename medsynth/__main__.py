@@ -8,7 +8,7 @@ from medsynth.cli import COMMANDS
 
 
 def main() -> int:
-    """Dispatch ``train``, ``convert``, ``eval``, ``enhance``, ``serve``, ``demo``, ``worker``."""
+    """Dispatch ``train``, ``convert``, ``eval``, ``enhance``, ``serve``, ``demo``, ``worker``, ``bundle``."""
     if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(f"usage: python -m medsynth {{{','.join(COMMANDS)}}} ...")
         return 0 if len(sys.argv) >= 2 else 2

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,17 +24,21 @@ from typing import Any, Iterator
 
 from medsynth.errors import InputError
 
-__all__ = ["SUFFIXES", "match_suffix", "post_infer", "remote_estimate", "remote_translate", "safe_stem"]
+__all__ = ["ARCHIVE_SUFFIX", "SUFFIXES", "UPLOAD_SUFFIXES", "match_suffix", "post_infer", "remote_estimate",
+           "remote_translate", "safe_stem", "zip_folder"]
 
-#: File suffixes accepted for upload, longest first so ``.nii.gz`` wins over ``.nii``. Header/data pairs
-#: (``.mhd``, ``.nhdr``) are left out: one upload is one file.
+#: Volume file suffixes accepted for upload (and answered in), longest first so ``.nii.gz`` wins over ``.nii``.
+#: Header/data pairs (``.mhd``, ``.nhdr``) are left out: one upload is one file.
 SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+#: A zip holding one DICOM series (or one enhanced multi-frame DICOM file); answered as NIfTI unless asked otherwise.
+ARCHIVE_SUFFIX = ".zip"
+UPLOAD_SUFFIXES: tuple[str, ...] = SUFFIXES + (ARCHIVE_SUFFIX,)
 
 
-def match_suffix(name: str) -> str | None:
-    """Return the accepted suffix that ``name`` ends with (case-insensitive), or None."""
+def match_suffix(name: str, suffixes: tuple[str, ...] = SUFFIXES) -> str | None:
+    """Return the suffix among ``suffixes`` that ``name`` ends with (case-insensitive), or None."""
     lower = name.lower()
-    for suffix in SUFFIXES:
+    for suffix in suffixes:
         if lower.endswith(suffix) and len(lower) > len(suffix):
             return suffix
     return None
@@ -58,14 +63,17 @@ def post_infer(
     timeout: float = 600,
     fuse: str | None = None,
     dtype: str | None = None,
+    output_format: str | None = None,
 ) -> Any:
-    """Send one volume to ``POST {url}/infer``, streaming it as multipart; returns the open urllib response.
+    """Send one volume (or a zip of one DICOM series) to ``POST {url}/infer``, streaming it as multipart; returns
+    the open urllib response. ``output_format`` (``nii.gz``, ``nii``, ``nrrd``, ``mha``) asks for the answer's
+    format; by default it is the upload's (NIfTI for a zip).
 
     Low level: the caller reads and closes the response. Raises ``urllib.error.HTTPError`` (4xx/5xx) and
     ``urllib.error.URLError`` like :func:`urllib.request.urlopen`. :func:`remote_translate` is the friendly form.
     """
     in_path = Path(in_path)
-    suffix = match_suffix(in_path.name) or ""
+    suffix = match_suffix(in_path.name, UPLOAD_SUFFIXES) or ""
     boundary = uuid.uuid4().hex
     filename = safe_stem(in_path.name, suffix) + suffix  # quoted-string safe: no quotes, no backslashes
     head = (
@@ -83,7 +91,8 @@ def post_infer(
                 yield chunk
         yield tail
 
-    pairs = (("model", model), ("direction", direction), ("axis", axis), ("fuse", fuse), ("dtype", dtype))
+    pairs = (("model", model), ("direction", direction), ("axis", axis), ("fuse", fuse), ("dtype", dtype),
+             ("format", output_format))
     query = {key: value for key, value in pairs if value}
     endpoint = url.rstrip("/") + "/infer" + (("?" + urllib.parse.urlencode(query)) if query else "")
     request = urllib.request.Request(
@@ -131,9 +140,11 @@ def remote_translate(
 
     Args:
         url: the server, e.g. ``http://gpu-box:8000``.
-        in_path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file.
-        out_path: where to write the answer (atomically); must have the input's suffix, since the server
-            answers in the input's format.
+        in_path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file; or a folder holding one DICOM series (or one
+            enhanced multi-frame DICOM file), zipped on the fly into a temporary file, or such a ``.zip``.
+        out_path: where to write the answer (atomically). For a file, it must have the input's suffix, since the
+            server answers in the input's format; for a DICOM series, any of ``.nii.gz``, ``.nii``, ``.nrrd``,
+            ``.mha`` (the server is asked for that format).
         model, direction, axis, fuse, dtype: as in ``POST /infer``; model may be None when the server has one
             model, and None elsewhere means the server's default.
         token: the server's bearer token, if it has one.
@@ -149,19 +160,32 @@ def remote_translate(
         >>> remote_translate("http://127.0.0.1:8000", "t1.nii.gz", "t2.nii.gz", direction="t1-to-t2")  # doctest: +SKIP
     """
     in_path, out_path = Path(in_path), Path(out_path)
-    suffix = match_suffix(in_path.name)
-    if suffix is None:
-        raise InputError(in_path, f"not a supported image file; the server accepts {', '.join(SUFFIXES)}")
-    if not in_path.is_file():
-        raise InputError(in_path, "no such file")
-    if match_suffix(out_path.name) != suffix:
-        raise InputError(out_path, f"must end in {suffix} like the input (the server answers in the input's format)")
+    output_format = None
+    if in_path.is_dir() or match_suffix(in_path.name, UPLOAD_SUFFIXES) == ARCHIVE_SUFFIX:
+        # a DICOM series: the server writes whichever volume format the output's name asks for
+        out_suffix = match_suffix(out_path.name)
+        if out_suffix is None:
+            raise InputError(out_path, f"must end in one of {', '.join(SUFFIXES)}")
+        output_format = out_suffix[1:]
+        if not in_path.exists():
+            raise InputError(in_path, "no such file or folder")
+    else:
+        suffix = match_suffix(in_path.name)
+        if suffix is None:
+            raise InputError(in_path, f"not a supported image file; the server accepts {', '.join(SUFFIXES)}, "
+                                      "a DICOM series folder or a .zip of one")
+        if not in_path.is_file():
+            raise InputError(in_path, "no such file")
+        if match_suffix(out_path.name) != suffix:
+            raise InputError(out_path, f"must end in {suffix} like the input (the server answers in the input's "
+                                       "format)")
     if not out_path.parent.is_dir():
         raise InputError(out_path.parent, "no such folder")
+    archive = zip_folder(in_path) if in_path.is_dir() else None
     try:
         response = post_infer(
-            url, in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout, fuse=fuse,
-            dtype=dtype,
+            url, archive or in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout,
+            fuse=fuse, dtype=dtype, output_format=output_format,
         )
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)
@@ -172,6 +196,9 @@ def remote_translate(
         raise InputError(url, f"cannot reach the server: {exc.reason}") from None
     except (TimeoutError, socket.timeout, ConnectionError) as exc:
         raise InputError(url, f"no answer from the server: {exc}") from None
+    finally:
+        if archive is not None:  # the whole upload has been sent once post_infer returns
+            shutil.rmtree(archive.parent, ignore_errors=True)
     part = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         with response, open(part, "wb") as file:
@@ -182,6 +209,37 @@ def remote_translate(
     finally:
         part.unlink(missing_ok=True)
     return out_path
+
+
+def zip_folder(folder: str | Path, archive: str | Path | None = None) -> Path:
+    """Zip a folder's files (a DICOM series) for upload: sub-folders included, hidden files left out.
+
+    Args:
+        folder: the series folder; it is only read.
+        archive: the zip to write; default ``<folder name>.zip`` in a new temporary folder (the caller removes
+            that folder).
+
+    Returns:
+        The zip's path.
+
+    Raises:
+        InputError: the folder holds no files.
+    """
+    import zipfile
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    if not files:
+        raise InputError(folder, "no files in this folder (expected one DICOM series)")
+    if archive is None:
+        archive = Path(tempfile.mkdtemp(prefix="medsynth-upload-")) / f"{safe_stem(folder.name, None)}.zip"
+    archive = Path(archive)
+    # level 1: most of what deflate saves on DICOM pixels for a fraction of the time of the default level
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for path in files:
+            zf.write(path, path.relative_to(folder).as_posix())
+    return archive
 
 
 def remote_estimate(url: str, shape: tuple[int, ...] | list[int], *, model: str | None = None, axis: str = "axial",

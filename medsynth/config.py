@@ -100,6 +100,8 @@ class TrainConfig:
     extra_b: list[str] = field(default_factory=list)
     augment: bool = True
     intensity_augment: bool = False
+    #: probability that a paired sample gets synthetic oedema-like blobs (T1-dark, T2-bright; ``medsynth.lesions``)
+    lesion_augment: float = 0.0
     flip: bool = True
     enhance: list[str] = field(default_factory=list)
     seed: int = 0
@@ -118,6 +120,12 @@ class TrainConfig:
     val_b: list[str] = field(default_factory=list)
     val_every: int = 2000
     val_axis: str = "axial"
+    #: start both generators (and each domain's intensity statistics and histogram) from this model (a
+    #: ``model.pt``, a run folder, or ``"default"``: the packaged one) instead of random weights; ``""``: none
+    init: str = ""
+    #: what the model was trained on, set by training: ``"volume"`` or ``"image2d"``; ``""`` in models older than
+    #: this field (``medsynth.inference.model_image_kind`` derives it from their file lists)
+    image_kind: str = ""
 
     def __post_init__(self) -> None:
         # directions are looked up in lower case ("t1-to-t2"), so domain names are stored that way

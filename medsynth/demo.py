@@ -13,9 +13,9 @@ import numpy as np
 from medsynth.errors import InputError
 from medsynth.files import atomic_path
 from medsynth.inference import Translator
-from medsynth.pictures import write_volume_preview
+from medsynth.pictures import thick_slice_note, to_ras, write_volume_preview
 
-__all__ = ["DATA_DIR", "SAMPLE_T1", "SAMPLE_T2", "run_demo"]
+__all__ = ["DATA_DIR", "SAMPLE_T1", "SAMPLE_T2", "preview_notes", "run_demo"]
 
 DATA_DIR = Path(__file__).parent / "data"
 SAMPLE_T1 = DATA_DIR / "sample_t1.nii.gz"
@@ -35,7 +35,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
         progress: ``progress(done, total)`` over slices, as :meth:`Translator.translate_file` takes.
 
     Returns:
-        Paths written (``input``, ``output``, ``preview``), the seconds the translation took and the device.
+        Paths written (``input``, ``output``, ``preview``), the seconds the translation took, the device, and
+        the preview's ``notes`` (e.g. that the input is thick-slice).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -54,10 +55,30 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
     with atomic_path(targets["input"]) as tmp:
         shutil.copyfile(SAMPLE_T1, tmp)
     t1 = nib.load(SAMPLE_T1)
-    panels = [("input T1 (unseen patient)", t1.get_fdata(dtype=np.float32)),
-              ("synthetic T2 (medsynth)", nib.load(targets["output"]).get_fdata(dtype=np.float32))]
+    t1_array = t1.get_fdata(dtype=np.float32)
+    panels = [("input T1 (unseen patient)", t1_array),
+              (f"synthetic T2 ({AXIS_TITLES.get(axis, axis + ' slices')})",
+               nib.load(targets["output"]).get_fdata(dtype=np.float32))]
     if SAMPLE_T2.exists():
         panels.append(("real T2 (for comparison)", nib.load(SAMPLE_T2).get_fdata(dtype=np.float32)))
-    write_volume_preview(targets["preview"], panels, t1.affine,
-                         title=f"medsynth demo: T1 -> T2, {axis} slices, {seconds:.1f} s on {translator.device}")
-    return {**targets, "seconds": seconds, "device": str(translator.device)}
+    notes = preview_notes(t1_array, t1.affine, axis)
+    by = "the packaged model" if model is None else Path(model).name
+    preview = write_volume_preview(targets["preview"], panels, t1.affine, notes=notes,
+                                   title=f"medsynth demo: T1 -> T2 by {by}, {seconds:.1f} s on {translator.device}")
+    return {**targets, "seconds": seconds, "device": str(translator.device), "notes": preview.notes[:-1]}
+
+
+#: column title of the synthetic volume, by ``--axis``
+AXIS_TITLES = {"axial": "axial slices", "coronal": "coronal slices", "sagittal": "sagittal slices",
+               "all": "three axes fused"}
+
+
+def preview_notes(t1: np.ndarray, affine: np.ndarray, axis: str) -> list[str]:
+    """Footnotes of the preview: whether the input is thick-slice (its coronal and sagittal rows then look
+    striped in every column, the synthetic one included), and what ``--axis all`` did."""
+    ras, spacing = to_ras(t1, affine)
+    notes = [note for note in [thick_slice_note("input T1", ras, spacing)] if note]
+    if axis == "all":
+        notes.append("three axes fused: the T1 translated slice by slice along axial, coronal and sagittal, "
+                     "the three results averaged")
+    return notes

@@ -57,6 +57,8 @@ __all__ = [
     "masked_metrics",
     "normalise_in_mask",
     "pair_cases",
+    "parse_label_names",
+    "region_metrics",
     "ssim_map",
 ]
 
@@ -263,6 +265,76 @@ def masked_metrics(
     }
 
 
+def region_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    mask: np.ndarray,
+    regions: dict[str, np.ndarray],
+    *,
+    normalise: bool = True,
+) -> dict[str, dict[str, float]]:
+    """PSNR, SSIM and MAE inside each region (e.g. a lesion's labels) of the evaluation mask.
+
+    The images are normalised over the whole ``mask`` (as :func:`masked_metrics` does), not over each region:
+    a lesion predicted dark where the reference is bright must count as an error, which normalising inside the
+    lesion alone would hide. SSIM is the whole mask's SSIM map (outside the mask 0 in both images) averaged over
+    the region's voxels, so the windows see the lesion's border with its surroundings.
+
+    Args:
+        pred: predicted image.
+        ref: reference image, same shape.
+        mask: the evaluation mask (e.g. the brain); must not be empty.
+        regions: ``{name: boolean array}``; each is intersected with ``mask``.
+        normalise: as in :func:`masked_metrics`.
+
+    Returns:
+        ``{name: {"psnr", "ssim", "mae", "bias", "voxels"}}`` (``bias``: the mean of prediction - reference, on the
+        normalised images: negative where a lesion comes out too dark); a region with no voxels in the mask gets
+        NaN metrics.
+
+    Example:
+        >>> region_metrics(pred, ref, brain, {"oedema": labels == 1})     # doctest: +SKIP
+        {'oedema': {'psnr': 14.2, 'ssim': 0.41, 'mae': 0.12, 'voxels': 36700}}
+    """
+    pred = _as_numpy(pred).astype(np.float32, copy=False)
+    ref = _as_numpy(ref).astype(np.float32, copy=False)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    mask = _check_mask(mask, ref.shape)
+    if normalise:
+        pred = normalise_in_mask(pred, mask)
+        ref = normalise_in_mask(ref, mask)
+    pred = np.where(mask, pred, np.float32(0))
+    ref = np.where(mask, ref, np.float32(0))
+    inside = {name: mask & (_as_numpy(region) > 0) for name, region in regions.items()}
+    for name, region in inside.items():
+        if region.shape != ref.shape:
+            raise ValueError(f"region {name!r} shape {region.shape} differs from image shape {ref.shape}")
+    out: dict[str, dict[str, float]] = {}
+    if not any(r.any() for r in inside.values()):
+        ssim = None
+    else:
+        # one SSIM map on the bounding box of the regions (plus half a window): the same values as the full map
+        half = _SSIM_KERNEL // 2
+        idx = np.nonzero(np.logical_or.reduce(list(inside.values())))
+        box = tuple(slice(max(int(i.min()) - half, 0), int(i.max()) + half + 1) for i in idx)
+        ssim = ssim_map(pred[box], ref[box])
+    for name, region in inside.items():
+        count = int(region.sum())
+        if count == 0 or ssim is None:
+            out[name] = {"psnr": math.nan, "ssim": math.nan, "mae": math.nan, "bias": math.nan, "voxels": 0}
+            continue
+        diff = (pred[region] - ref[region]).astype(np.float64)
+        out[name] = {
+            "psnr": _psnr(float(np.mean(diff**2)), 1.0),
+            "ssim": float(np.mean(ssim[region[box]], dtype=np.float64)),
+            "mae": float(np.mean(np.abs(diff))),
+            "bias": float(np.mean(diff)),
+            "voxels": count,
+        }
+    return out
+
+
 def ct_metrics(pred_hu: np.ndarray, ref_hu: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
     """SynthRAD image metrics for a CT target in Hounsfield units.
 
@@ -347,6 +419,129 @@ def _load(path: Path, allow_constant: bool = False) -> tuple[np.ndarray, np.ndar
     return np.asarray(image.array, dtype=np.float32), np.asarray(image.affine, dtype=float)
 
 
+def parse_label_names(text: str | Path | dict[Any, str] | None) -> dict[int, str]:
+    """Names of label values: ``"1=oedema,2=core"``, a JSON file (``{"1": "oedema", "2": "core"}``), a CSV file
+    (rows ``value,name``; a header row is skipped), or a dict.
+
+    Names become column prefixes (``oedema_psnr``): lower case, runs of other characters than letters, digits
+    and ``_`` replaced by ``_``.
+
+    Raises:
+        InputError: a value that is not a positive integer, a name given twice, an unreadable file.
+    """
+    if text is None:
+        return {}
+    pairs: list[tuple[str, str]]
+    where = "--label-names"
+    if isinstance(text, dict):
+        pairs = [(str(k), str(v)) for k, v in text.items()]
+    elif Path(str(text)).suffix.lower() in (".json", ".csv") or Path(str(text)).is_file():
+        where = str(text)
+        path = Path(str(text))
+        try:
+            content = path.read_text()
+        except OSError as exc:
+            raise InputError(path, f"cannot read the label names ({exc.strerror or type(exc).__name__})") from None
+        if path.suffix.lower() == ".json":
+            import json
+
+            try:
+                data = json.loads(content)
+            except ValueError:
+                raise InputError(path, "not valid JSON (expected {\"1\": \"oedema\", ...})") from None
+            if not isinstance(data, dict):
+                raise InputError(path, "expected a JSON object {\"1\": \"oedema\", ...}")
+            pairs = [(str(k), str(v)) for k, v in data.items()]
+        else:
+            import csv
+
+            rows = [r for r in csv.reader(content.splitlines()) if r and any(c.strip() for c in r)]
+            if rows and not rows[0][0].strip().isdigit():
+                rows = rows[1:]  # a header row
+            pairs = [(r[0], r[1] if len(r) > 1 else "") for r in rows]
+    else:
+        pairs = [tuple(part.split("=", 1)) if "=" in part else (part, "")  # type: ignore[misc]
+                 for part in str(text).split(",") if part.strip()]
+    names: dict[int, str] = {}
+    for value, name in pairs:
+        value = value.strip()
+        if not value.isdigit() or int(value) == 0:
+            raise InputError(where, f"label {value!r}: label values are positive integers (0 is background)")
+        clean = re.sub(r"[^a-z0-9_]+", "_", name.strip().lower()).strip("_") or f"label{int(value)}"
+        if clean in names.values():
+            raise InputError(where, f"label name {clean!r} given twice")
+        names[int(value)] = clean
+    return names
+
+
+def _label_names_beside(files: Sequence[Path]) -> dict[int, str]:
+    """Label names from ``labels.json`` or ``labels.csv`` in the folder of the first label file, or from
+    ``<name>.json``/``<name>.csv`` beside a single label file; ``{}`` when there are none."""
+    if not files:
+        return {}
+    first = Path(files[0])
+    stem = first.name.split(".")[0]
+    for candidate in (first.with_name(f"{stem}.json"), first.with_name(f"{stem}.csv"),
+                      first.parent / "labels.json", first.parent / "labels.csv"):
+        if candidate.is_file():
+            return parse_label_names(candidate)
+    return {}
+
+
+def _find_labels(sources: Sequence[str | Path] | str | Path) -> list[Path]:
+    """Label files: volumes when a folder holds any (overlay PNGs beside them are left alone), else 2D images."""
+    try:
+        return find_files(sources, what="volume")
+    except InputError:
+        return find_files(sources, what="any")
+
+
+def _pair_labels(preds: Sequence[Path], files: Sequence[Path]) -> list[Path]:
+    """The label file of each prediction: the same rule as masks (:func:`pair_cases`): by case name, or a single
+    file for a single prediction."""
+    if len(files) == 1 and len(preds) == 1:
+        return [Path(files[0])]
+    index: dict[str, Path] = {}
+    for f in files:
+        key = case_id(f).casefold()
+        if key in index:
+            raise InputError(f, f"label map for case '{case_id(f)}' given twice (also {index[key]})")
+        index[key] = Path(f)
+    out = []
+    for p in preds:
+        match = index.get(case_id(p).casefold())
+        if match is None:
+            raise InputError(p, f"no label map for case '{case_id(p)}' among {len(files)} --labels file(s)")
+        out.append(match)
+    return out
+
+
+def _load_labels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """An integer label map of ``shape``; InputError for a non-integer or negative one."""
+    labels, _ = _load(path, allow_constant=True)
+    if labels.shape != shape:
+        raise InputError(path, f"shape {labels.shape} differs from reference shape {shape}")
+    if np.any(labels < 0) or np.any(labels != np.round(labels)):
+        raise InputError(path, "a label map holds non-negative integers (0: no label)")
+    return labels.astype(np.int64)
+
+
+def _label_scores(
+    row: dict[str, Any],
+    prefix: str,
+    image: np.ndarray,
+    ref: np.ndarray,
+    mask: np.ndarray,
+    regions: dict[str, np.ndarray],
+) -> None:
+    """Add ``<prefix><label>_psnr/ssim/mae/bias`` (and, for the prediction, ``<label>_voxels``) to ``row``."""
+    for name, scores in region_metrics(image, ref, mask, regions).items():
+        for metric in ("psnr", "ssim", "mae", "bias"):
+            row[f"{prefix}{name}_{metric}"] = scores[metric]
+        if not prefix:
+            row[f"{name}_voxels"] = scores["voxels"]
+
+
 # --------------------------------------------------------------------------------------------- evaluation
 
 def _score_case(
@@ -358,6 +553,8 @@ def _score_case(
     ct: bool | None,
     fair: Any = None,
     direction: str | None = None,
+    labels_path: Path | None = None,
+    label_names: dict[int, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics row for one case, and the arrays the figure needs."""
     pred, _ = _load(pred_path, allow_constant=True)
@@ -403,6 +600,19 @@ def _score_case(
                 fair_scores.update(ct_metrics(fair_pred, ref, mask))
             row.update({f"fair_baseline_{k}": v for k, v in fair_scores.items()})
             row["fair_psnr_gain"] = row["psnr"] - row["fair_baseline_psnr"]
+    label_map = None
+    if labels_path is not None:
+        # every named label gets its columns (NaN where a case lacks it), and so does any other value present
+        label_map = _load_labels(labels_path, ref.shape)
+        names = dict(label_names or {})
+        for value in np.unique(label_map[label_map > 0]):
+            names.setdefault(int(value), f"label{int(value)}")
+        regions = {name: label_map == value for value, name in sorted(names.items())}
+        _label_scores(row, "", pred, ref, mask, regions)
+        if baseline is not None:
+            _label_scores(row, "baseline_", baseline, ref, mask, regions)
+        if source is not None and fair is not None:
+            _label_scores(row, "fair_baseline_", fair_pred, ref, mask, regions)
     row.update(
         {
             "ct": is_ct,
@@ -413,18 +623,30 @@ def _score_case(
             "mask": None if mask_path is None else str(mask_path),
         }
     )
-    arrays = {"pred": pred, "ref": ref, "source": source, "baseline": baseline, "mask": mask, "affine": affine}
+    if labels_path is not None:
+        row["labels"] = str(labels_path)
+    arrays = {"pred": pred, "ref": ref, "source": source, "baseline": baseline, "mask": mask, "affine": affine,
+              "fair": fair_pred if source is not None and fair is not None else None,
+              "target": (direction or fair.directions[0]).split("-to-")[-1] if fair is not None else None}
     return row, arrays
 
 
 # ----------------------------------------------------------------------------------------------- figures
 
 
-def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> None:
-    """PNG with rows axial/coronal/sagittal through the mask centre and columns of images and errors."""
+def _domain_title(name: str) -> str:
+    """``t2`` -> ``T2``, ``ct`` -> ``CT``: short domain names are acronyms."""
+    return name.upper() if len(name) <= 3 else name
+
+
+def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> Any:
+    """PNG with rows axial/coronal/sagittal through the mask centre and columns of images and errors: the
+    prediction, and with a source the oracle baseline (matched to the reference itself) and, with a model, the
+    fair one (matched to the training histograms), each beside its error."""
     mask = arrays["mask"]
     ref_n = normalise_in_mask(arrays["ref"], mask)
     pred_n = normalise_in_mask(arrays["pred"], mask)
+    target = f"the real {_domain_title(arrays['target'])}" if arrays.get("target") else "the reference"
     panels: list[tuple[str, np.ndarray, str]] = []
     if arrays["source"] is not None:
         panels.append(("source", normalise_in_mask(arrays["source"], mask), "gray"))
@@ -433,17 +655,23 @@ def _write_figure(row: dict[str, Any], arrays: dict[str, Any], path: Path) -> No
         ("reference", ref_n, "gray"),
         ("|prediction - reference|", np.abs(pred_n - ref_n) * mask, "inferno"),
     ]
-    if arrays["baseline"] is not None:
-        base_n = normalise_in_mask(arrays["baseline"], mask)
-        panels += [("baseline", base_n, "gray"), ("|baseline - reference|", np.abs(base_n - ref_n) * mask, "inferno")]
+    for key, name in (("baseline", f"oracle baseline:\nmatched to {target}"),
+                      ("fair", "fair baseline: matched\nto the training histograms")):
+        if arrays.get(key) is not None:
+            base_n = normalise_in_mask(arrays[key], mask)
+            short = name.split(":")[0].split()[0]
+            panels += [(name, base_n, "gray"), (f"|{short} - reference|", np.abs(base_n - ref_n) * mask, "inferno")]
     title = f"{row['case']}   PSNR {row['psnr']:.2f} dB   SSIM {row['ssim']:.3f}   MAE {row['mae']:.3f}"
     if "mae_hu" in row:
         title += f"   MAE {row['mae_hu']:.0f} HU"
-    if "baseline_psnr" in row:
-        title += f"\nbaseline: PSNR {row['baseline_psnr']:.2f} dB   SSIM {row['baseline_ssim']:.3f}"
-        gain = row["psnr_gain"]
-        title += f"   (model {abs(gain):.2f} dB {'below' if gain < 0 else 'above'} baseline)"
-    write_case_figure(path, panels, mask, arrays["affine"], title)
+    for prefix, name in (("", f"oracle baseline (matched to {target})"),
+                         ("fair_", "fair baseline (matched to the training histograms)")):
+        if f"{prefix}baseline_psnr" in row:
+            gain = row[f"{prefix}psnr_gain"]
+            title += (f"\n{name}: PSNR {row[f'{prefix}baseline_psnr']:.2f} dB   "
+                      f"SSIM {row[f'{prefix}baseline_ssim']:.3f}   "
+                      f"(model {abs(gain):.2f} dB {'below' if gain < 0 else 'above'})")
+    return write_case_figure(path, panels, mask, arrays["affine"], title)
 
 
 def _safe_name(case: str) -> str:
@@ -461,6 +689,8 @@ def evaluate(
     model: str | Path | None = None,
     direction: str | None = None,
     argv: Sequence[str] | None = None,
+    labels: Sequence[str] | str | None = None,
+    label_names: str | Path | dict[Any, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Score predicted images against references, case by case.
 
@@ -478,15 +708,26 @@ def evaluate(
         ct: score as CT in HU too (:func:`ct_metrics`); ``None`` detects CT per case (reference values
             below -500).
         argv: the command line, recorded in ``metrics.json`` (set by ``medsynth-eval``).
+        labels: label maps (e.g. lesion masks: integers, 0 no label), paired by case like ``mask``: also score
+            inside each label of the evaluation mask (:func:`region_metrics`), for the prediction and the baselines.
+        label_names: names of the label values (:func:`parse_label_names`: ``"1=oedema,2=core"``, a JSON or CSV
+            file, a dict); default: ``labels.json``/``labels.csv`` beside the label files, else ``label1`` ...
 
     Returns:
         One dict per case: ``case, psnr, ssim, mae`` (+ ``mae_hu, psnr_hu, ssim_hu`` for CT,
-        + ``baseline_*`` and ``psnr_gain`` with a source), ``ct, mask_voxels`` and the file paths.
+        + ``baseline_*`` and ``psnr_gain`` with a source), ``ct, mask_voxels`` and the file paths; with ``labels``
+        also ``<label>_psnr/ssim/mae``, ``baseline_<label>_*``, ``fair_baseline_<label>_*`` and ``<label>_voxels``.
 
     Raises:
         InputError: unreadable files, unpaired cases, shape mismatches, empty masks.
     """
     cases = pair_cases(_find(pred) or [], _find(ref) or [], _find(source), _find(mask))
+    label_files: list[Path | None] = [None] * len(cases)
+    names: dict[int, str] = {}
+    if labels is not None:
+        found = _find_labels(labels)
+        label_files = list(_pair_labels([c.pred for c in cases], found))
+        names = parse_label_names(label_names) if label_names is not None else _label_names_beside(found)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if out.exists() and not out.is_dir():
@@ -499,8 +740,9 @@ def evaluate(
         fair = fair_baseline_translator(None if str(model) == "default" else model, device="cpu")
         fair._resolve_direction(direction)
     rows = []
-    for case, p, r, s, m in tqdm(cases, desc="evaluating", unit="case", disable=None, file=sys.stderr):
-        row, arrays = _score_case(case, p, r, s, m, ct, fair, direction)
+    for (case, p, r, s, m), lab in tqdm(list(zip(cases, label_files)), desc="evaluating", unit="case",
+                                        disable=None, file=sys.stderr):
+        row, arrays = _score_case(case, p, r, s, m, ct, fair, direction, lab, names)
         if out is not None:
             _write_figure(row, arrays, out / f"{_safe_name(case)}.png")
         rows.append(row)
@@ -515,6 +757,15 @@ def evaluate(
             "model": None if model is None else str(model),
             "direction": direction,
         }
+        if labels is not None:
+            arguments["labels"] = [labels] if isinstance(labels, str) else list(map(str, labels))
+            arguments["label_names"] = {str(k): v for k, v in names.items()}
+            arguments["label_metrics"] = (
+                "<label>_psnr/ssim/mae/bias: inside the evaluation mask where the label map has that value (bias: mean "
+                "of prediction - reference); both images "
+                "normalised over the whole evaluation mask (not over the label), SSIM = the whole mask's SSIM map "
+                "averaged over the label's voxels; baseline_<label>_* and fair_baseline_<label>_* the same for the "
+                "baselines; NaN/null where a case has no voxel of the label")
         if argv is not None:
             arguments["argv"] = ["medsynth-eval", *argv]
         write_tables(rows, out, arguments)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,15 +19,44 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffixes = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffixes}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = create_file(path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffixes}")
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def create_file(folder: str | os.PathLike[str], prefix: str = "", suffix: str = "") -> Path:
+    """Create a new empty file with a unique name in ``folder``, mode ``0o666`` less the umask.
+
+    ``tempfile.mkstemp`` would create it ``0o600``, and the mode survives the rename onto the output's name: every
+    output would then be private whatever the user's umask says. ``O_EXCL`` keeps mkstemp's safety (never an
+    existing file or a link planted under the name).
+    """
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return name
+    raise FileExistsError(f"no free temporary name in {folder}")
+
+
+def create_folder(folder: str | os.PathLike[str], prefix: str = "") -> Path:
+    """Create a new empty folder with a unique name in ``folder``, mode ``0o777`` less the umask (what
+    ``tempfile.mkdtemp``, whose folders are ``0o700``, does not give)."""
+    for _ in range(100):
+        name = Path(folder) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            name.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:

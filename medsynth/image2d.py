@@ -60,7 +60,8 @@ class Image2DMeta:
         photometric: DICOM PhotometricInterpretation of the input (``None`` for other formats).
         value_range: (min, max) representable in the input's units (after rescale). Writing maps this range
             onto the output's integer range when the output format or depth differs from the input's.
-        extra: reader details: ``source``, ``mode`` (how the pixels were stored), ``converted_to_grey``,
+        extra: reader details: ``source``, ``mode`` (how the pixels were stored), ``converted_to_grey`` (RGB or
+            RGBA turned into its luminance), ``colour`` (those channels differed: the grey lost the colour),
             ``inverted`` (MONOCHROME1/WhiteIsZero turned bone-bright), and for DICOM ``dicom_header`` (the
             pydicom dataset without pixels), ``rescale`` (slope, intercept), ``stored_range``, ``bits_stored``,
             ``signed``, ``reader`` (``"itk"`` or ``"pydicom"``) and ``spacing_source``.
@@ -72,6 +73,11 @@ class Image2DMeta:
     photometric: str | None = None
     value_range: tuple[float, float] = (0.0, 255.0)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def colour(self) -> bool:
+        """True for a colour picture read as its luminance; a grey picture stored as RGB is not colour."""
+        return bool(self.extra.get("colour", False))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -124,6 +130,12 @@ def _to_grey(rgb: np.ndarray, full_scale: float) -> np.ndarray:
     if rgb.shape[-1] == 4:
         grey[rgb[..., 3] == 0] = 0.0
     return grey
+
+
+def _has_colour(rgb: np.ndarray) -> bool:
+    """True when the red, green and blue channels of an RGB(A) array differ somewhere: its luminance then loses
+    the colour. Grey pictures saved as RGB (the usual export of slices and X-rays) lose nothing."""
+    return bool(np.any(rgb[..., 0] != rgb[..., 1]) or np.any(rgb[..., 0] != rgb[..., 2]))
 
 
 def _check_path(path: str | os.PathLike[str]) -> Path:
@@ -218,6 +230,7 @@ def _read_pillow(p: Path, fmt: str) -> tuple[np.ndarray, Image2DMeta]:
         else:
             array = _to_grey(pixels, 255.0).astype(np.float32)
             extra["converted_to_grey"] = True
+            extra["colour"] = _has_colour(pixels)
     full = float(2**bit_depth - 1)
     return array, Image2DMeta(fmt, bit_depth, (1.0, 1.0), None, (0.0, full), extra)
 
@@ -240,6 +253,7 @@ def _read_tiff(p: Path) -> tuple[np.ndarray, Image2DMeta]:
     extra: dict[str, Any] = {"mode": str(pixels.dtype), "converted_to_grey": False, "inverted": False}
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4) and photometric == 2:  # RGB
         extra["converted_to_grey"] = True
+        extra["colour"] = _has_colour(pixels)
     elif pixels.ndim != 2:
         raise InputError(p, f"pixel array of shape {pixels.shape} is not one 2-D image (a 3-D stack?)")
     dtype = pixels.dtype
@@ -364,6 +378,8 @@ def _read_dicom(p: Path) -> tuple[np.ndarray, Image2DMeta]:
         if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
             raise InputError(p, f"unexpected {photometric} pixel array of shape {pixels.shape}")
         full_scale = float(2 ** (16 if photometric == "PALETTE COLOR" else bits_stored) - 1)
+        # YBR photometrics come decoded to RGB (pydicom and ITK convert them)
+        extra["colour"] = _has_colour(pixels)
         pixels = _to_grey(pixels, full_scale)
         if photometric == "PALETTE COLOR":
             pixels = pixels * ((2**bits_stored - 1) / full_scale)

@@ -24,7 +24,8 @@ from medsynth.devices import autocast_enabled, resolve_device, set_threads
 from medsynth.networks import (ResidualGenerator, build_generator, generator_stride, histogram_targets,
                                neighbour_indices, neighbour_offsets, residual_of)
 from medsynth.errors import InputError
-from medsynth.io import Image, check_output, load_image, save_like
+from medsynth.io import (IMAGE2D_SUFFIXES, KIND_NAMES, VOLUME_SUFFIXES, Image, check_output, kind_of, load_image,
+                         save_like, suffix_of)
 
 Progress = Callable[[int, int], None]
 MODELS_DIR = Path(__file__).parent / "models"
@@ -74,7 +75,7 @@ class Translator:
         config: the model's training configuration (domain names, generator, enhancement).
         stats: each domain's intensity statistics (``IntensityStats`` dicts by domain name).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
-        batch_size: slices per forward pass (default: 8 on CPU, 64 on CUDA).
+        batch_size: slices per forward pass (default: :data:`CPU_BATCH` on CPU, 64 on CUDA).
         amp: bf16 autocast where it pays (CUDA, or a CPU with native bf16); False is ``precision="fp32"``.
         source: where the model came from (for messages).
         channels_last: channels-last activations (default: on CUDA; on a CPU they measure no faster).
@@ -246,6 +247,44 @@ class Translator:
         src, dst = key.split("-to-")
         return key, src, dst
 
+    # ---- input checks --------------------------------------------------------------------------------------
+    @property
+    def image_kind(self) -> str:
+        """What the model was trained on: ``"volume"``, ``"image2d"``, or ``""`` when that is not known."""
+        return model_image_kind(self.config)
+
+    def check_input_path(self, path: str | Path) -> None:
+        """Refuse, from its name alone, a file this model was not trained for (a 2D image for a volume model).
+
+        Raises:
+            InputError: naming the file, the model and what it takes.
+        """
+        kind = kind_of(path)
+        if self.image_kind == "volume" and kind == "image2d":
+            raise InputError(path, self._misfit(kind))
+
+    def check_input(self, image: Image, luminance: bool = False) -> None:
+        """Refuse an image this model was not trained for: 2D for a volume model, 3D for a 2D-image model, a
+        colour picture (the model is single-channel) unless its ``luminance`` is asked for.
+
+        Raises:
+            InputError: naming the file, the model and what it takes.
+        """
+        extent = sum(n > 1 for n in image.array.shape)
+        if self.image_kind == "volume" and (image.format == "image2d" or extent < 3):
+            raise InputError(image.path, self._misfit("image2d", image.array.shape if extent < 3 else None))
+        if self.image_kind == "image2d" and extent == 3:
+            raise InputError(image.path, self._misfit("volume", image.array.shape))
+        if image.format == "image2d" and getattr(image.native, "colour", False) and not luminance:
+            raise InputError(image.path, "a colour picture, and the model translates single-channel images: add "
+                                         "--luminance to translate its luminance (grey)")
+
+    def _misfit(self, kind: str, shape: Sequence[int] | None = None) -> str:
+        own = "volume" if kind == "image2d" else "image2d"
+        what = KIND_NAMES[kind] + (f" (shape {'x'.join(str(int(n)) for n in shape)})" if shape is not None else "")
+        return (f"{what}, but the model {Path(self.source).name} was trained on {KIND_NAMES[own][2:]}s and "
+                f"translates only those")
+
     # ---- translation ---------------------------------------------------------------------------------------
     def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = "mean",
                   progress: Progress | None = None, expect: Callable[[float], None] | None = None) -> Any:
@@ -308,19 +347,26 @@ class Translator:
 
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None) -> Path:
+                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
+                       luminance: bool = False) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
 
         Args:
             on_start: called with the input and the expected seconds (:meth:`estimate_seconds` of the box around
                 its foreground) once the input is read, before the network starts.
+            luminance: translate the luminance of a colour RGB/RGBA picture (else it is refused: the model is
+                single-channel).
 
         Raises:
-            InputError: bad input, an output that exists (without ``overwrite``) or would replace the input.
+            InputError: bad input (one the model was not trained for: a 2D image for a volume model or the
+                reverse, a colour picture without ``luminance``), an output that exists (without ``overwrite``),
+                is a folder, has no known extension or would replace the input. Nothing is written then.
         """
         self._resolve_direction(direction)
         check_output(output_path, [input_path], overwrite)
+        self.check_input_path(input_path)
         image = load_image(input_path)
+        self.check_input(image, luminance)
         expect = None if on_start is None else (lambda seconds: on_start(Path(input_path), seconds))
         out = self.translate(image, direction, axis, fuse, progress, expect)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
@@ -409,22 +455,38 @@ class Translator:
                         axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
                         progress: Progress | None = None,
                         on_done: Callable[[Path, Path | None, str | None], None] | None = None,
-                        on_start: Callable[[Path, float], None] | None = None) -> list[tuple[Path, str]]:
+                        on_start: Callable[[Path, float], None] | None = None,
+                        luminance: bool = False, outputs: Sequence[Path] | None = None) -> list[tuple[Path, str]]:
         """Translate many files into ``output_dir`` (same file names); a bad file does not stop the others.
+
+        Args:
+            luminance: as for :meth:`translate_file`.
+            outputs: each input's output (default: :func:`output_paths` of ``inputs`` under ``output_dir``; a share
+                of a larger list, as under torchrun, needs the paths computed from the whole list).
 
         Returns:
             ``(input, problem)`` for every file that failed.
+
+        Raises:
+            InputError: before any work, a file the model cannot take, told by its name (a 2D image for a
+                volume model), or an output folder that is a file.
         """
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self._resolve_direction(direction)
+        for path in inputs:
+            self.check_input_path(path)
+        if Path(output_dir).exists() and not Path(output_dir).is_dir():
+            raise InputError(output_dir, "several inputs need an output folder, and this is a file")
         failures: list[tuple[Path, str]] = []
-        jobs = list(zip(inputs, output_paths(inputs, Path(output_dir))))
+        jobs = list(zip(inputs, output_paths(inputs, Path(output_dir)) if outputs is None else outputs))
 
         def read(index: int) -> Image:
             path, out = jobs[index]
             check_output(out, [path], overwrite)
-            return load_image(path)
+            image = load_image(path)
+            self.check_input(image, luminance)
+            return image
 
         def finish(path: Path, out: Path, future: Future | None, problem: str | None = None) -> None:
             if future is not None:
@@ -549,21 +611,26 @@ def fair_baseline_translator(model_path: str | Path | None = None, device: str |
     Raises:
         InputError: the model carries no quantiles (trained before they were stored).
     """
-    import dataclasses
-
     path = Path(model_path) if model_path is not None else default_model_path()
     payload = read_model_file(path)
-    config = TrainConfig.from_dict(payload["config"])
-    stats = payload["stats"]
+    return fair_baseline(TrainConfig.from_dict(payload["config"]), payload["stats"], device, path)
+
+
+def fair_baseline(config: TrainConfig, stats: dict[str, Any], device: str | torch.device = "cpu",
+                  origin: str | Path = "<training>") -> Translator:
+    """:func:`fair_baseline_translator` from a configuration and the statistics a model carries (validation during
+    training builds it from the run's own before any model file exists); ``origin`` names them in errors."""
+    import dataclasses
+
     maps = []
     for target in (config.names[1], config.names[0]):
         if "quantiles" not in stats.get(target, {}):
-            raise InputError(path, "this model carries no training histograms (retrain it with this version)")
+            raise InputError(origin, "this model carries no training histograms (retrain it with this version)")
         m = ResidualGenerator(None)
         m.target.set(torch.tensor(stats[target]["quantiles"], dtype=torch.float32))
         maps.append(m)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, generator="map", residual="invert"))
-    return Translator(maps[0], maps[1], config, stats, device=device, source=f"fair baseline of {path}",
+    return Translator(maps[0], maps[1], config, stats, device=device, source=f"fair baseline of {origin}",
                       precision="fp32")
 
 
@@ -601,6 +668,23 @@ def foreground_box(foreground: torch.Tensor, margin: int, stride: int = 1) -> tu
     if all((b.stop - b.start) >= n - stride for b, n in zip(box, foreground.shape)):
         return None
     return tuple(box)  # type: ignore[return-value]
+
+
+def model_image_kind(config: TrainConfig) -> str:
+    """What a model was trained on: ``"volume"`` or ``"image2d"`` (:attr:`TrainConfig.image_kind`); for models
+    saved before that field, derived from the suffixes of the training files the configuration lists (training
+    stores them one by one). ``""`` when that says nothing (folders only) or both kinds.
+    """
+    if config.image_kind:
+        return config.image_kind
+    kinds = set()
+    for source in [*config.a, *config.b, *config.extra_a, *config.extra_b]:
+        suffix = suffix_of(source)
+        if suffix in VOLUME_SUFFIXES:
+            kinds.add("volume")
+        elif suffix in IMAGE2D_SUFFIXES:
+            kinds.add("image2d")
+    return kinds.pop() if len(kinds) == 1 else ""
 
 
 def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:

@@ -7,17 +7,19 @@ the input's geometry (for NIfTI the whole header, qform and sform with their cod
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medsynth.dicom import dicom_files, is_multiframe, is_series_folder
 from medsynth.errors import InputError
+from medsynth.files import create_folder
 from medsynth.image2d import IMAGE2D_SUFFIXES, is_dicom, is_image2d, read_image2d, write_image2d
 from medsynth.image2d import natural_sort_key as natural_key
 
@@ -39,7 +41,8 @@ class Image:
         array: float32 voxels, shape (I, J, K); a 2D image is (rows, cols, 1).
         affine: 4x4 voxel-to-RAS (mm) matrix.
         path: where it was read from.
-        format: ``"nifti"``, ``"itk"`` or ``"image2d"``.
+        format: ``"nifti"``, ``"itk"``, ``"dicom"`` (a series; native is a ``medsynth.dicom.DicomSeries``) or
+            ``"image2d"``.
         native: what the reader returned (nibabel image, SimpleITK image, 2D metadata), used to write back.
     """
 
@@ -58,6 +61,8 @@ class Image:
             import SimpleITK as sitk
 
             return np.dtype(sitk.GetArrayViewFromImage(self.native).dtype)
+        if self.format == "dicom":
+            return np.dtype(self.native.dtype)
         return np.dtype(np.uint16 if getattr(self.native, "bit_depth", 8) > 8 else np.uint8)
 
     @property
@@ -109,6 +114,12 @@ def find_files(sources: Sequence[str | Path] | str | Path, what: str = "any") ->
             # DICOM exports often have no suffix at all
             matches = [p for p in path.rglob("*") if p.is_file() and (
                 suffix_of(p) in suffixes or (what != "volume" and not p.suffix and is_dicom(p)))]
+            if what != "image2d":
+                # a folder holding a DICOM series (or an enhanced multi-frame file) is one volume: the folder
+                # replaces its DICOM files; DICOM files in other folders stay 2D images
+                series = [d for d in (path, *(p for p in path.rglob("*") if p.is_dir())) if is_series_folder(d)]
+                inside = {f for d in series for f in dicom_files(d)}
+                matches = [p for p in matches if p not in inside] + series
             if not matches:
                 raise InputError(path, f"no {_describe(what)} found in this folder ({', '.join(suffixes)})")
             found.extend(sorted(matches, key=natural_key))
@@ -132,13 +143,50 @@ def _describe(what: str) -> str:
     return {"volume": "volumes", "image2d": "2D images"}.get(what, "images")
 
 
-def load_image(path: str | Path, expect: str = "any", allow_constant: bool = False) -> Image:
+#: how :func:`kind_of` names the two kinds of input in messages
+KIND_NAMES = {"volume": "a 3D volume", "image2d": "a 2D image"}
+
+
+def kind_of(path: str | Path) -> str:
+    """``"image2d"`` for a file read as a 2D image (PNG, JPEG, TIFF, a DICOM file), else ``"volume"``.
+
+    From the name (and a suffix-less file's DICOM preamble), without reading the image: cheap enough to check
+    every input before any work.
+    """
+    if Path(path).is_dir() or is_multiframe(path):
+        return "volume"  # a DICOM series folder, an enhanced multi-frame DICOM file
+    return "image2d" if is_image2d(path) else "volume"
+
+
+def kind_of_inputs(files: Sequence[str | Path]) -> str:
+    """The one kind (:func:`kind_of`) of a set of training inputs; a mix of 2D images and volumes is refused.
+
+    Raises:
+        InputError: naming a file of the rarer kind (the 2D image when they are as many) and one of the other.
+    """
+    kinds: dict[str, list[Path]] = {}
+    for f in files:
+        kinds.setdefault(kind_of(f), []).append(Path(f))
+    if len(kinds) < 2:
+        return next(iter(kinds), "volume")
+    odd = min(kinds, key=lambda k: (len(kinds[k]), k != "image2d"))
+    other = "volume" if odd == "image2d" else "image2d"
+    others = f"{len(kinds[other])} other inputs are {KIND_NAMES[other][2:]}s" if len(kinds[other]) > 1 else \
+        f"the other input is {KIND_NAMES[other]}"
+    raise InputError(kinds[odd][0], f"{KIND_NAMES[odd]}, and {others} (e.g. {kinds[other][0]}): train on volumes "
+                                    "or on 2D images, not a mix")
+
+
+def load_image(path: str | Path, expect: str = "any", allow_constant: bool = False,
+               series: str | None = None) -> Image:
     """Read and validate an image.
 
     Args:
-        path: a NIfTI, MHA/MHD/NRRD, PNG/JPEG/TIFF or DICOM file.
+        path: a NIfTI, MHA/MHD/NRRD, PNG/JPEG/TIFF or DICOM file, a folder holding a DICOM series, or an enhanced
+            multi-frame DICOM file (both read as one volume, see :mod:`medsynth.dicom`).
         expect: ``"volume"`` refuses 2D images (and volumes with a single slice), ``"any"`` takes both.
         allow_constant: accept an image of one value (a mask, a collapsed prediction being evaluated).
+        series: the SeriesInstanceUID to read from a folder of several DICOM series.
 
     Raises:
         InputError: the file is missing, unreadable, not an image, 2D where a volume is expected, has more than
@@ -147,10 +195,12 @@ def load_image(path: str | Path, expect: str = "any", allow_constant: bool = Fal
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such file")
-    if path.is_dir():
-        raise InputError(path, "is a folder, not an image file")
+    if path.is_dir() and not is_series_folder(path):
+        raise InputError(path, "is a folder, not an image file (nor a folder of one DICOM series)")
     suffix = suffix_of(path)
-    if suffix in NIFTI_SUFFIXES:
+    if path.is_dir() or is_multiframe(path):
+        image = _load_dicom_series(path, series)
+    elif suffix in NIFTI_SUFFIXES:
         image = _load_nifti(path)
     elif suffix in ITK_SUFFIXES:
         image = _load_itk(path)
@@ -230,6 +280,13 @@ def _load_itk(path: Path) -> Image:
     return Image(array=array, affine=itk_affine(img), path=path, format="itk", native=img)
 
 
+def _load_dicom_series(path: Path, series: str | None) -> Image:
+    from medsynth.dicom import read_series
+
+    array, affine, info = read_series(path, series)
+    return Image(array=array, affine=affine, path=path, format="dicom", native=info)
+
+
 def _load_image2d(path: Path) -> Image:
     pixels, meta = read_image2d(path)
     row, col = meta.spacing
@@ -254,19 +311,33 @@ def _short(exc: BaseException) -> str:
 
 
 def check_output(path: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
-    """Refuse an output that would overwrite an input, or an existing file without ``overwrite``."""
+    """Refuse an output that would overwrite an input, is a folder, has no writable file extension, or exists
+    (without ``overwrite``). Nothing is written or created: callers check before any work.
+
+    A name without an extension is taken only beside an input that has none either (a DICOM export), whose
+    format it then keeps.
+    """
     path = Path(path)
+    inputs = [Path(source) for source in inputs]
     for source in inputs:
-        if Path(source).exists() and path.exists() and os.path.samefile(source, path):
+        if source.exists() and path.exists() and os.path.samefile(source, path):
             raise InputError(path, "the output would overwrite the input")
-        if Path(source).resolve() == path.resolve():
+        if source.resolve() == path.resolve():
             raise InputError(path, "the output would overwrite the input")
+    if path.is_dir():
+        # one message whatever --overwrite says: a folder is never replaced by a file
+        example = path / (inputs[0].name if inputs else "output.nii.gz")
+        raise InputError(path, f"the output is a folder; give a file name, e.g. {example}")
+    suffix = suffix_of(path)
+    if suffix not in WRITABLE:
+        if suffix:
+            raise InputError(path, f"cannot write this format (use one of {', '.join(WRITABLE)})")
+        if not inputs or any(suffix_of(source) for source in inputs):
+            raise InputError(path, f"the output name has no file extension (use one of {', '.join(WRITABLE)})")
+    if suffix in IMAGE2D_SUFFIXES and any(source.is_file() and kind_of(source) == "volume" for source in inputs):
+        raise InputError(path, "a volume cannot be written as a 2D image; use .nii.gz, .nrrd or .mha")
     if path.exists() and not overwrite:
         raise InputError(path, "the output exists; use --overwrite to replace it")
-    if path.is_dir():
-        raise InputError(path, "the output is a folder; give a file name")
-    if suffix_of(path) not in WRITABLE and Path(path).suffix:
-        raise InputError(path, f"cannot write this format (use one of {', '.join(WRITABLE)})")
     return path
 
 
@@ -294,13 +365,18 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
     if target.kind in "iu" and ref.format != "image2d":
         info = np.iinfo(target)
         array = np.clip(np.rint(array), info.min, info.max)
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix_of(path)
+    if suffix in IMAGE2D_SUFFIXES and ref.format != "image2d":
+        raise InputError(path, "a volume cannot be written as a 2D image; use .nii.gz, .nrrd or .mha")
+    # folders made for this output are removed again if it fails: nothing is left behind
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
     # everything is written into a hidden folder beside the output under its final name (a header with its
-    # data file, .mhd/.raw or .nhdr/.raw, must name the data file it will have), then renamed into place
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    # data file, .mhd/.raw or .nhdr/.raw, must name the data file it will have), then renamed into place;
+    # made as the user's umask says, like the files written in it
+    staging = create_folder(path.parent, prefix=f".{path.name}.partial-")
     tmp = staging / path.name
+    done = False
     try:
         if suffix in NIFTI_SUFFIXES:
             _write_nifti(ref, array, target, tmp)
@@ -313,8 +389,12 @@ def save_like(ref: Image, array: np.ndarray, path: str | Path, dtype: str | np.d
         # data files first, the header (the file people open) last
         for part in sorted(staging.iterdir(), key=lambda p: p.name == path.name):
             os.replace(part, path.parent / part.name)
+        done = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created if not done else ():
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there meanwhile
+                folder.rmdir()
     return path
 
 

@@ -5,9 +5,10 @@ A GPU box loads its models once and translates volumes sent by 3D Slicer, script
 - ``GET /health``: always open (no token needed); status, number of models, queue figures.
 - ``GET /models``: for each model its name, domains, directions, axes, accepted file suffixes and config summary.
 - ``POST /infer?model=NAME&direction=t1-to-t2&axis=axial&fuse=mean&dtype=float32`` with the volume in the
-  multipart form field ``file`` (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``): answers the translated volume in the
-  same format with the same geometry. ``model`` may be left out when one model is loaded; ``direction`` defaults
-  to the model's first.
+  multipart form field ``file`` (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, or a ``.zip`` of one DICOM series or
+  one enhanced multi-frame DICOM file): answers the translated volume with the same geometry, in the upload's
+  format (NIfTI ``.nii.gz`` for a zip) unless ``format=nii.gz|nii|nrrd|mha`` asks for another. ``model`` may be
+  left out when one model is loaded; ``direction`` defaults to the model's first.
 
 Model names: ``NAME=PATH`` on the command line (or the keys of a dict given to :func:`create_app`) name a model
 explicitly. Otherwise a model is named after its file's stem (``weights/brain_t1t2.pt`` -> ``brain_t1t2``), except
@@ -17,8 +18,10 @@ that a generic stem (``model``, ``last``, ``best``, ``latest``, ``final``) gives
 Safety: the server binds to 127.0.0.1 unless told otherwise; with a token every route but ``/health`` needs
 ``Authorization: Bearer <token>``. Uploads are streamed to a temporary folder the server names itself (the upload's
 file name only selects one of the accepted suffixes), the size limit is enforced while streaming, and the folder is
-removed after the answer, whatever happened. Translations run one at a time per worker, in arrival order, from a
-bounded queue; when it is full the answer is 503 with ``Retry-After``.
+removed after the answer, whatever happened. A zip is unpacked there too, refusing absolute or ``..`` member paths,
+links, and more than ``max_unzipped_mb`` unpacked. An upload that sends nothing for ``idle_timeout`` seconds gets
+408 and its connection is closed; one whose client disconnects gives one log line. Translations run one at a time
+per worker, in arrival order, from a bounded queue; when it is full the answer is 503 with ``Retry-After``.
 
 FastAPI is optional at import time (the ``[server]`` extra); :func:`medsynth.client.remote_translate` needs only
 the standard library, so it works in Slicer's Python without FastAPI, httpx or requests. The command line is
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import gzip
 import hmac
+import json
 import logging
 import math
 import re
@@ -45,7 +49,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
-from medsynth.client import SUFFIXES, match_suffix, safe_stem
+from medsynth.client import ARCHIVE_SUFFIX, SUFFIXES, UPLOAD_SUFFIXES, match_suffix, safe_stem
 from medsynth.errors import InputError
 from medsynth.inference import Translator
 
@@ -53,8 +57,12 @@ try:
     # Module level because FastAPI resolves the routes' string annotations in this module's globals. Optional
     # (the [server] extra): without it this module still imports, and create_app says what to install.
     from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from starlette.requests import ClientDisconnect
 except ImportError:  # pragma: no cover - client-only installs
     FastAPI = None  # type: ignore[assignment,misc]
+
+    class ClientDisconnect(Exception):  # type: ignore[no-redef]
+        """Stands in for Starlette's, so that the middleware below still parses without FastAPI."""
 
 log = logging.getLogger("medsynth.server")
 
@@ -64,6 +72,7 @@ DTYPES: tuple[str, ...] = ("float32", "input")
 GENERIC_STEMS = frozenset({"model", "last", "best", "latest", "final"})
 MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
 
+_UNZIP_RATIO = 8  # default cap on what a zip upload unpacks to, as a multiple of the upload limit
 _FORM_OVERHEAD = 1 << 20  # multipart headers and small extra fields allowed on top of the file size limit
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -291,10 +300,11 @@ class _Upload:
         if self.path is not None:
             raise _Reject(422, "send one volume per request (the form has two 'file' fields)")
         name = options.get(b"filename", b"").decode("utf-8", errors="replace")
-        suffix = match_suffix(name)
+        suffix = match_suffix(name, UPLOAD_SUFFIXES)
         if suffix is None:
             shown = safe_stem(name, None) if name else "the 'file' field"
-            raise _Reject(400, f"{shown}: not a supported image file; send one of {', '.join(SUFFIXES)}")
+            raise _Reject(400, f"{shown}: not a supported image file; send one of {', '.join(SUFFIXES)} or a "
+                               f"{ARCHIVE_SUFFIX} of one DICOM series")
         self.client_name = safe_stem(name, suffix) + suffix
         self.suffix = suffix
         self.path = self.folder / f"input{suffix}"
@@ -364,13 +374,22 @@ def _translate_job(
     out_path: Path,
     options: dict[str, Any],
     client_name: str,
+    unzip_limit: int,
 ) -> None:
-    """Runs on a GPU worker thread; turns every failure into a _Reject with a message for the client."""
+    """Runs on a GPU worker thread; turns every failure into a _Reject with a message for the client.
+
+    A zip upload is unpacked here first (into ``series/`` beside it, at most ``unzip_limit`` bytes) and its
+    folder read as one DICOM series by :func:`medsynth.io.load_image`.
+    """
     def expect(path: Path, seconds: float) -> None:
         log.info("translating %s: expected about %.1f s", client_name, seconds)
 
     try:
+        if in_path.name.lower().endswith(ARCHIVE_SUFFIX):
+            in_path = unzip_series(in_path, in_path.parent / "series", unzip_limit, client_name)
         translator.translate_file(in_path, out_path, on_start=expect, **options)
+    except _Reject:
+        raise
     except InputError as exc:
         # The message names the server's temporary file; the client knows its file by its own name.
         raise _Reject(400, f"{client_name}: {_scrub(exc.problem, in_path, client_name)}") from None
@@ -385,6 +404,86 @@ def _translate_job(
         log.exception("translation of %s failed", client_name)
         problem = f"internal error while translating ({type(exc).__name__}); see the server log"
         raise _Reject(500, f"{client_name}: {problem}") from None
+
+
+# at most this many files in an uploaded zip: a series has one file per slice, rarely more than a few thousand
+_ZIP_MAX_FILES = 20_000
+# skipped: what archivers add beside the data (macOS resource forks, folder settings), hidden files (which the
+# series reader ignores too) and a DICOMDIR index
+_ZIP_JUNK = re.compile(r"(^|/)(__MACOSX/|\.[^/]*$|Thumbs\.db$|DICOMDIR$)", re.IGNORECASE)
+
+
+def unzip_series(archive: Path, folder: Path, limit: int, client_name: str = "") -> Path:
+    """Unpack an uploaded zip's files into ``folder`` (flat: one folder holding the series), safely.
+
+    Refused, before anything is written: a file that is not a zip, members with an absolute path, a drive letter
+    or ``..``, links, encrypted members, more than ``_ZIP_MAX_FILES`` files, or more than ``limit`` bytes unpacked
+    (also counted while unpacking, so a member whose header understates its size cannot get past it). The
+    members' folders are dropped (DICOM readers order slices by their headers, not their names); a repeated name
+    gets a numbered prefix.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        _Reject: 400 for a bad or unsafe zip, 413 past ``limit``; the message names the upload, not the server's
+            files.
+    """
+    import stat
+    import zipfile
+
+    name = client_name or archive.name
+    too_big = _Reject(413, f"{name}: unpacks to more than the server's limit of {round(limit / 2**20, 3):g} MB")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = []
+            declared = 0
+            for info in zf.infolist():
+                member = info.filename.replace("\\", "/")
+                if member.startswith("/") or re.match(r"^[A-Za-z]:", member) or ".." in member.split("/"):
+                    raise _Reject(400, f"{name}: unsafe path {_short_name(member)} in the zip (absolute or with '..')")
+                if info.is_dir() or _ZIP_JUNK.search(member):
+                    continue
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    raise _Reject(400, f"{name}: {_short_name(member)} in the zip is a link; send the files themselves")
+                if info.flag_bits & 0x1:
+                    raise _Reject(400, f"{name}: {_short_name(member)} in the zip is encrypted")
+                declared += info.file_size
+                if declared > limit:
+                    raise too_big
+                members.append(info)
+            if not members:
+                raise _Reject(400, f"{name}: the zip holds no files")
+            if len(members) > _ZIP_MAX_FILES:
+                raise _Reject(400, f"{name}: the zip holds {len(members)} files; at most {_ZIP_MAX_FILES}")
+            folder.mkdir(parents=True, exist_ok=True)
+            used: set[str] = set()
+            written = 0
+            for index, info in enumerate(members):
+                base = re.sub(r"[^A-Za-z0-9._-]+", "_", info.filename.replace("\\", "/").rsplit("/", 1)[-1])
+                base = base.lstrip(".") or "file"
+                if base.lower() in used:
+                    base = f"{index:05d}_{base}"
+                used.add(base.lower())
+                with zf.open(info) as source, open(folder / base, "wb") as target:
+                    while chunk := source.read(1 << 20):
+                        written += len(chunk)
+                        if written > limit:
+                            raise too_big
+                        target.write(chunk)
+    except _Reject:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        # BadZipFile: not a zip, truncated, or a CRC mismatch; NotImplementedError: an unsupported compression
+        problem = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise _Reject(400, f"{name}: not a readable zip archive ({problem})") from None
+    return folder
+
+
+def _short_name(text: str, width: int = 80) -> str:
+    """A member name or message for a one-line answer: quoted, control characters removed, cut to ``width``."""
+    text = re.sub(r"[\x00-\x1f\x7f]", "?", text)
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def _scrub(message: str, in_path: Path, client_name: str) -> str:
@@ -420,39 +519,70 @@ def _remove_later(folder: Path, future: Future | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+class _IdleUpload(_Reject):
+    """The client sent no part of its request body for ``idle_timeout`` seconds: answered 408, then closed."""
+
+    def __init__(self, idle_timeout: float) -> None:
+        super().__init__(408, f"no data received for {idle_timeout:g} s; upload abandoned",
+                         headers={"Connection": "close"})
+
+
 class _AccessLog:
     """ASGI middleware: one log line per request (method, path, status, bytes in/out, seconds).
 
     It also reads and discards the rest of a request body that the app answered without reading (401, 404, 413,
     ...), up to ``_DRAIN_CAP`` bytes, before the answer goes out: a client that sends ``Connection: close`` (urllib
     does) would otherwise see the connection reset under its unsent body instead of the answer.
+
+    Uvicorn has no timeout while a request body is read (``timeout_keep_alive`` only runs between requests), so a
+    client that sends headers and part of a body and then nothing would hold its connection, its request folder
+    and its handler forever. Every read of the body here waits at most ``idle_timeout`` seconds for the next
+    chunk; past that the read raises :class:`_IdleUpload` (the route answers 408 with ``Connection: close``, and
+    uvicorn then closes the connection). A client that disconnects mid-upload gives one log line, not a traceback.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, idle_timeout: float | None = None) -> None:
         self.app = app
+        self.idle_timeout = idle_timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        seen = {"in": 0, "out": 0, "status": 0, "length": 0, "body_done": not _declares_body(scope)}
+        seen = {"in": 0, "out": 0, "status": 0, "length": 0, "body_done": not _declares_body(scope),
+                "aborted": False, "idle": False}
 
         async def counting_receive() -> dict:
-            message = await receive()
+            if seen["body_done"] or self.idle_timeout is None:
+                # after the body, receive() waits for the disconnect, which may rightly take as long as the answer
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.idle_timeout)
+                except asyncio.TimeoutError:
+                    seen["body_done"] = seen["idle"] = True  # stop reading: nothing more is waited for
+                    raise _IdleUpload(self.idle_timeout) from None
             if message["type"] == "http.request":
                 seen["in"] += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     seen["body_done"] = True
             else:  # http.disconnect
+                seen["aborted"] = not seen["body_done"]
                 seen["body_done"] = True
             return message
 
         async def counting_send(message: dict) -> None:
             if message["type"] == "http.response.start":
                 if not seen["body_done"] and _declared_length(scope) <= _DRAIN_CAP:
-                    while not seen["body_done"] and seen["in"] <= _DRAIN_CAP:
-                        await counting_receive()
+                    with contextlib.suppress(_IdleUpload):  # a stalled client gets the answer it has earned
+                        while not seen["body_done"] and seen["in"] <= _DRAIN_CAP:
+                            await counting_receive()
+                if seen["idle"] or not seen["body_done"]:
+                    # the rest of the body is not read: the connection cannot carry another request
+                    headers = list(message.get("headers", []))
+                    if not any(key.lower() == b"connection" for key, _ in headers):
+                        message = {**message, "headers": [*headers, (b"connection", b"close")]}
                 seen["status"] = message["status"]
                 for key, value in message.get("headers", []):
                     if key.lower() == b"content-length" and value.isdigit():
@@ -465,21 +595,51 @@ class _AccessLog:
 
         try:
             await self.app(scope, counting_receive, counting_send)
+        except ClientDisconnect:
+            if not seen["aborted"]:
+                raise
+            # the client went away mid-upload: nobody to answer, nothing to report but the line below
+        except _IdleUpload as exc:
+            # raised outside the /infer route's own handling (which answers 408 itself): answer it here
+            if seen["status"]:
+                raise
+            body = json.dumps({"detail": exc.detail}).encode("utf-8")
+            await counting_send({"type": "http.response.start", "status": 408, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close")]})
+            await counting_send({"type": "http.response.body", "body": body})
         finally:
             path = scope.get("path", "")
             query = scope.get("query_string", b"").decode("latin-1")
-            log.info(
-                "%s %s %d in=%dB out=%dB %.3fs",
-                scope.get("method", "?"),
-                f"{path}?{query}" if query else path,
-                seen["status"] or 500,
-                seen["in"],
-                seen["out"],
-                time.perf_counter() - start,
-            )
+            peer = _peer(scope)
+            declared = _header(scope, b"content-length")
+            of = f" of {declared.decode('latin-1')}" if declared and declared.isdigit() else ""
+            if seen["aborted"]:
+                log.warning("upload from %s aborted after %d%s bytes (%s %s)", peer, seen["in"], of,
+                            scope.get("method", "?"), path)
+            elif seen["idle"]:
+                log.warning("upload from %s idle for %g s after %d%s bytes: answered %d, connection closed (%s %s)",
+                            peer, self.idle_timeout, seen["in"], of, seen["status"] or 500,
+                            scope.get("method", "?"), path)
+            else:
+                log.info(
+                    "%s %s %d in=%dB out=%dB %.3fs",
+                    scope.get("method", "?"),
+                    f"{path}?{query}" if query else path,
+                    seen["status"] or 500,
+                    seen["in"],
+                    seen["out"],
+                    time.perf_counter() - start,
+                )
 
 
 _DRAIN_CAP = 64 << 20  # an unread body larger than this is not drained; its client may see a reset instead
+
+
+def _peer(scope: dict) -> str:
+    """``host:port`` of the client, for log lines."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "unknown client"
 
 
 def _header(scope: dict, name: bytes) -> bytes | None:
@@ -534,6 +694,8 @@ def create_app(
     batch_size: int | None = None,
     threads: int | None = None,
     precision: str = "auto",
+    idle_timeout: float | None = 30.0,
+    max_unzipped_mb: float | None = None,
 ) -> FastAPI:
     """Build the FastAPI app; models are loaded now and stay on the device for the app's lifetime.
 
@@ -552,6 +714,10 @@ def create_app(
         threads: CPU threads per translation (``torch.set_num_threads`` in each worker); default torch's. On a
             CPU-only server keep it below the core count: a thread team that must share its cores with the
             event loop (and other processes) waits for the scheduler at every layer.
+        idle_timeout: seconds a client may send nothing while its upload is incomplete; past that it gets 408
+            and its connection is closed. None waits forever (not for a server others can reach).
+        max_unzipped_mb: most bytes a zip upload (a DICOM series) may unpack to (413 beyond it); default
+            ``_UNZIP_RATIO`` (8) times ``max_upload_mb``.
 
     Returns:
         The app; ``app.state.gpu_queue`` (a :class:`GpuQueue`), ``app.state.translators`` and
@@ -566,7 +732,10 @@ def create_app(
 
     if max_upload_mb <= 0:
         raise ValueError("max_upload_mb must be positive")
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise ValueError("idle_timeout must be positive (or None to wait forever)")
     limit = int(max_upload_mb * 2**20)
+    unzip_limit = int((max_unzipped_mb or _UNZIP_RATIO * max_upload_mb) * 2**20)
     named = _name_models(models)
     translators = {
         name: Translator.from_file(path, device=device, batch_size=batch_size, precision=precision, threads=threads)
@@ -594,8 +763,9 @@ def create_app(
     async def lifespan(_: FastAPI) -> Any:
         devices = sorted({str(getattr(t, "device", device)) for t in translators.values()})
         log.info(
-            "models: %s; device %s; queue %d; workers %d; threads %s",
-            ", ".join(translators), ", ".join(devices), queue_size, workers, threads or "default",
+            "models: %s; device %s; queue %d; workers %d; threads %s; upload limit %g MB; upload idle timeout %s",
+            ", ".join(translators), ", ".join(devices), queue_size, workers, threads or "default", max_upload_mb,
+            "none" if idle_timeout is None else f"{idle_timeout:g} s",
         )
         yield
         gpu.shutdown()
@@ -606,7 +776,7 @@ def create_app(
     app.state.gpu_queue = gpu
     app.state.translators = translators
     app.state.tmp_root = tmp_root
-    app.add_middleware(_AccessLog)
+    app.add_middleware(_AccessLog, idle_timeout=idle_timeout)
     expected = token.encode("utf-8") if token else None
 
     def check_token(request: Request) -> None:
@@ -664,7 +834,7 @@ def create_app(
                     "directions": list(t.directions),
                     "axes": list(AXES),
                     "fuse": list(FUSES),
-                    "suffixes": list(SUFFIXES),
+                    "suffixes": list(UPLOAD_SUFFIXES),
                     "max_upload_mb": max_upload_mb,
                     "config": _config_summary(t),
                 }
@@ -680,8 +850,11 @@ def create_app(
         axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
         fuse: Literal["mean", "median"] = Query("mean", description="how axis=all combines the three"),
         dtype: Literal["float32", "input"] = Query("float32", description="output voxel type"),
+        output_format: Literal["nii.gz", "nii", "nrrd", "mha"] | None = Query(
+            None, alias="format", description="answer's file format; default: the upload's (nii.gz for a zip)"),
     ) -> Any:
-        """Translate the volume in the form field ``file``; answers it in the same format and geometry."""
+        """Translate the volume in the form field ``file`` (a volume file, or a zip of one DICOM series); answers
+        it with the same geometry, in the upload's format unless ``format`` names another."""
         name, translator = pick(model)
         if direction is not None and direction.lower() not in translator.directions:
             choices = ", ".join(translator.directions)
@@ -693,14 +866,19 @@ def create_app(
         try:
             upload = await _receive_upload(request, folder, limit)
             assert upload.path is not None
-            out_path = folder / f"output{upload.suffix}"
+            if output_format is not None:
+                out_suffix = f".{output_format}"
+            else:
+                out_suffix = ".nii.gz" if upload.suffix == ARCHIVE_SUFFIX else upload.suffix
+            out_path = folder / f"output{out_suffix}"
             options = {"direction": direction, "axis": axis, "fuse": fuse, "dtype": dtype}
-            future = gpu.try_submit(_translate_job, translator, upload.path, out_path, options, upload.client_name)
+            future = gpu.try_submit(_translate_job, translator, upload.path, out_path, options, upload.client_name,
+                                    unzip_limit)
             if future is None:
                 raise busy()
             await asyncio.wrap_future(future)
             stem = safe_stem(upload.client_name, upload.suffix)
-            response = TempFileResponse(out_path, folder, f"{stem}_translated{upload.suffix}")
+            response = TempFileResponse(out_path, folder, f"{stem}_translated{out_suffix}")
         except HTTPException:
             _remove_later(folder, future)
             raise

@@ -26,7 +26,7 @@ from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
 from medsynth.files import atomic_path, atomic_save, write_atomic
 from medsynth.pictures import save_grid
-from medsynth.io import find_files, is_image2d
+from medsynth.io import find_files, is_image2d, kind_of_inputs
 
 CHECKPOINT_FORMAT = "medsynth-checkpoint"
 #: What a resumed run may change: where and how fast it runs, not what it learns.
@@ -172,12 +172,14 @@ def pair_volumes(a: DomainData, b: DomainData) -> list[tuple[int, int]]:
     return out
 
 
-def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig) -> tuple[list[tuple[int, int]] | None,
-                                                                               tuple[torch.Tensor, torch.Tensor]]:
+def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig,
+                    quantiles: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> tuple[list[tuple[int, int]] | None, tuple[torch.Tensor, torch.Tensor]]:
     """What training needs beyond the cached volumes: the registered pairs (``--paired``), each domain's pooled
-    quantiles, and for residual generators the base and standardised channels (added to the volumes)."""
+    quantiles (``quantiles``: given ones, e.g. those of an ``--init`` model), and for residual generators the base
+    and standardised channels (added to the volumes)."""
     pairs = pair_volumes(a, b) if config.paired else None
-    quantiles = (a.quantiles(), b.quantiles())
+    quantiles = quantiles if quantiles is not None else (a.quantiles(), b.quantiles())
     if config.model.residual == "invert":
         a.add_base(quantiles[1], quantiles[0], config.model.context, config.axis)
         b.add_base(quantiles[0], quantiles[1], config.model.context, config.axis)
@@ -202,6 +204,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.a, self.b, self.seed = a, b, config.seed
         self.pairs = list(pairs) if pairs else None
         self.intensity = intensity_augment_transform("image") if config.intensity_augment else None
+        self.lesion_augment = float(config.lesion_augment)
         if self.pairs is not None:
             axis = "axial" if a.is_2d else config.axis
             self.stacked = [torch.cat([a.volumes[i], b.volumes[j]]) for i, j in self.pairs]
@@ -233,6 +236,11 @@ class SliceDataset(torch.utils.data.Dataset):
                                             "image_coverage": self.coverage_pairs[index]})["image"])
             split = self.a.volumes[self.pairs[index][0]].shape[0]
             out["a"], out["b"] = x[:split].contiguous(), x[split:].contiguous()
+            if self.lesion_augment > 0 and rng.random() < self.lesion_augment:
+                from medsynth.lesions import paste_lesions
+
+                # into inputs and targets alike: the clean targets below are these images
+                out["a"], out["b"] = paste_lesions(out["a"], out["b"], np.random.default_rng([self.seed, k, 1]))
             if self.intensity is not None:
                 out["a_target"], out["b_target"] = out["a"], out["b"]
         else:
@@ -314,6 +322,43 @@ class Interrupted(Exception):
                          f"medsynth-train --out {run_dir} --resume")
 
 
+#: what a model must share with a run that ``--init`` starts from it: the generators' weights must fit
+INIT_OPTIONS = ("generator", "ngf", "norm", "upsample", "residual", "residual_input", "gate_scale", "context")
+
+
+def init_source(config: TrainConfig) -> dict[str, Any] | None:
+    """The model a run starts from (``config.init``), checked against the run: ``None`` without one.
+
+    Returns:
+        The model file's payload, its generators ``a_to_b``/``b_to_a`` and ``stats`` arranged in the run's domain
+        order (the run may name its domains the other way round).
+
+    Raises:
+        InputError: unreadable model, domains other than the run's, or a network option that differs (the error
+            names the option, e.g. ``--ngf``).
+    """
+    if not config.init:
+        return None
+    from medsynth.inference import default_model_path, read_model_file
+
+    path = default_model_path() if config.init == "default" else Path(config.init)
+    payload = read_model_file(path)
+    theirs = TrainConfig.from_dict(payload.get("config", {}))
+    for key in INIT_OPTIONS:
+        mine, other = getattr(config.model, key), getattr(theirs.model, key)
+        if mine != other:
+            raise InputError(f"--{key.replace('_', '-')}", f"{mine} differs from the --init model's {other} "
+                                                           f"({path}): leave it out to take the model's")
+    names = tuple(config.names)
+    generators = dict(payload["generators"])
+    if tuple(theirs.names) == names[::-1]:
+        generators = {"a_to_b": generators["b_to_a"], "b_to_a": generators["a_to_b"]}
+    elif tuple(theirs.names) != names:
+        raise InputError("--init", f"{path}: its domains {','.join(theirs.names)} are not this run's "
+                                   f"{','.join(names)} (--names)")
+    return {**payload, "path": str(path), "generators": generators}
+
+
 class Trainer:
     """Runs :class:`~medsynth.config.TrainConfig` to a ``model.pt``.
 
@@ -333,6 +378,7 @@ class Trainer:
         self.run_dir = Path(config.out)
         self._stop: Any = None
         self._train_seconds = self._train_seconds_at_start = 0.0
+        self._fair_scores: dict[str, dict[str, float]] = {}
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> TrainConfig:
@@ -414,6 +460,8 @@ class Trainer:
         self._validate(config)
         files_a = find_inputs(config.a, "--a")
         files_b = find_inputs(config.b, "--b")
+        # one kind for both domains (a 2D/3D mix is refused before any work); conversion checks its inputs by it
+        config.image_kind = kind_of_inputs(files_a + files_b)
         val_pairs = self._validation_pairs(config)
         # the run keeps the files themselves, so a resume elsewhere, or after a folder gained files, is the same run
         config.a = [str(p.absolute()) for p in files_a]
@@ -423,9 +471,16 @@ class Trainer:
         device = self._init_distributed()
         data_a = DomainData(files_a, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
         data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
-        pairs, quantiles = prepare_domains(data_a, data_b, config)
+        init = init_source(config) if not self.resume else None
+        given = init is not None and all("quantiles" in init["stats"].get(n, {}) for n in config.names)
+        pairs, quantiles = prepare_domains(data_a, data_b, config, tuple(  # type: ignore[arg-type]
+            torch.tensor(init["stats"][name]["quantiles"], dtype=torch.float32) for name in config.names)
+            if given else None)
         self.stats = {name: data.stats.to_dict() | {"quantiles": [float(v) for v in q]}
                       for name, data, q in zip(config.names, (data_a, data_b), quantiles)}
+        if init is not None:
+            # the source's statistics: a translator of the step-0 networks is the source model, exactly
+            self.stats = {name: dict(init["stats"][name]) for name in config.names}
 
         # everything is valid: only now does the run folder appear
         if self.dist.main:
@@ -437,6 +492,10 @@ class Trainer:
         torch.manual_seed(config.seed)
         model = CycleGAN(config)
         model.set_histogram_targets(*quantiles)
+        if init is not None:
+            for net, key in ((model.g_ab, "a_to_b"), (model.g_ba, "b_to_a")):
+                net.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                     for k, v in init["generators"][key].items()})
         model = model.to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -470,9 +529,11 @@ class Trainer:
         samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model)))
         writer = self._writer() if self.dist.main else None
         autocast = config.amp and autocast_enabled(device)
-        self._plan = Plan(config, device, autocast, workers, pairs, start)
+        self._plan = Plan(config, device, autocast, workers, pairs, start, val_pairs=len(val_pairs))
         if self.dist.main:
             self._say(self._plan.line())
+        # the fair baseline does not learn: scored once, then printed beside every validation round
+        self._fair_scores = self._fair_baseline_scores(val_pairs, device) if self.dist.main else {}
         bar = self._bar(start, config.total_steps)
         step = start
         running: dict[str, torch.Tensor] = {}
@@ -615,7 +676,12 @@ class Trainer:
         model.train()
         rows = [[real_a[i, :1], fake_b[i], rec_a[i]] for i in range(len(real_a))]
         rows += [[real_b[i, :1], fake_a[i], rec_b[i]] for i in range(len(real_b))]
-        save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", rows)
+        a, b = self.config.names
+        labels = [f"{a} -> {b} ({i + 1})" for i in range(len(real_a))]
+        labels += [f"{b} -> {a} ({i + 1})" for i in range(len(real_b))]
+        save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", rows,
+                  columns=["real", "translated", "reconstructed"], row_labels=labels,
+                  title=f"step {step} of {self.config.total_steps} (the same slices every time)")
 
     def _checkpoint_state(self, model: Any, opt_g: Any, opt_d: Any, schedulers: list[Any], step: int,
                           history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -695,17 +761,11 @@ class Trainer:
                 raise InputError(ref, f"shape {shape_b} differs from its validation partner {src} {shape_a}")
         return pairs
 
-    def _validate_round(self, model: Any, pairs: list[tuple[Path, Path]], step: int,
-                        history: list[dict[str, Any]], writer: Any, device: torch.device) -> list[dict[str, Any]]:
-        if not self.dist.main or not pairs:
-            return history
+    def _score_pairs(self, translator: Any, pairs: list[tuple[Path, Path]]) -> dict[str, dict[str, float]]:
+        """Mean masked metrics of both directions over the validation pairs (mask: both images' foreground)."""
         from medsynth.evaluation import masked_metrics
-        from medsynth.inference import Translator
         from medsynth.io import load_image
 
-        translator = Translator.from_networks(model.g_ab, model.g_ba, self.config, self.stats, device=device,
-                                              channels_last=self.config.channels_last)
-        model.eval()
         scores: dict[str, list[dict[str, float]]] = {d: [] for d in translator.directions}
         for src, ref in pairs:
             images = (load_image(src), load_image(ref))
@@ -713,11 +773,44 @@ class Trainer:
             for direction, (source, reference) in zip(translator.directions, (images, images[::-1])):
                 pred = translator.translate(source, direction=direction, axis=self.config.val_axis)
                 scores[direction].append(masked_metrics(pred.array, reference.array, mask))
+        return {d: {k: float(np.mean([s[k] for s in v])) for k in v[0]} for d, v in scores.items()}
+
+    def _fair_baseline_scores(self, pairs: list[tuple[Path, Path]],
+                              device: torch.device) -> dict[str, dict[str, float]]:
+        """The fair baseline's validation scores (the inverted source matched to the training histograms this
+        run carries, :func:`medsynth.inference.fair_baseline`): what every validation round must beat."""
+        if not pairs:
+            return {}
+        from medsynth.inference import fair_baseline
+
+        return self._score_pairs(fair_baseline(self.config, self.stats, device, self.run_dir), pairs)
+
+    def _validation_line(self, step: int, means: dict[str, dict[str, float]]) -> str:
+        """``validation at step 500: t1-to-t2 PSNR 21.30 dB SSIM 0.712 (fair baseline 17.20 dB, 0.601); ...``"""
+        parts = []
+        for direction, mean in means.items():
+            fair = self._fair_scores.get(direction)
+            parts.append(f"{direction} PSNR {mean['psnr']:.2f} dB SSIM {mean['ssim']:.3f}"
+                         + (f" (fair baseline {fair['psnr']:.2f} dB, {fair['ssim']:.3f})" if fair else ""))
+        return f"validation at step {step}: " + "; ".join(parts)
+
+    def _validate_round(self, model: Any, pairs: list[tuple[Path, Path]], step: int,
+                        history: list[dict[str, Any]], writer: Any, device: torch.device) -> list[dict[str, Any]]:
+        if not self.dist.main or not pairs:
+            return history
+        from medsynth.inference import Translator
+
+        translator = Translator.from_networks(model.g_ab, model.g_ba, self.config, self.stats, device=device,
+                                              channels_last=self.config.channels_last)
+        model.eval()
+        means = self._score_pairs(translator, pairs)
         model.train()
-        means = {d: {k: float(np.mean([s[k] for s in v])) for k in v[0]} for d, v in scores.items()}
+        self._say(self._validation_line(step, means))
         first = means[translator.directions[0]]
         # top-level figures are the first direction's (as before); each direction's are under its name
         entry = {"step": step, "train_minutes": self._train_seconds / 60, **first, **means}
+        if self._fair_scores:
+            entry["fair_baseline"] = self._fair_scores
         history = history + [entry]
         if writer is not None:
             for direction, mean in means.items():
@@ -753,9 +846,10 @@ class Plan:
     WARMUP, TIMED = 3, 10
 
     def __init__(self, config: TrainConfig, device: torch.device, autocast: bool, workers: int,
-                 pairs: Sequence[Any] | None, start: int = 0) -> None:
+                 pairs: Sequence[Any] | None, start: int = 0, val_pairs: int = 0) -> None:
         self.config, self.device, self.autocast, self.workers, self.start = config, device, autocast, workers, start
         self.pairs = pairs
+        self.val_pairs = val_pairs
         self._t0: float | None = None
         self.seconds_per_step: float | None = None
 
@@ -771,12 +865,15 @@ class Plan:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
                              + f" ({len(self.pairs)} pairs)")
         done = f", resuming at {self.start}" if self.start else ""
+        every = f"{c.val_every} steps" if c.val_every > 1 else "step"
+        validation = (f"; validation every {every} and at the end on {self.val_pairs} "
+                      f"pair{'s' if self.val_pairs != 1 else ''}") if self.val_pairs else ""
         return (f"plan: {c.total_steps} steps{done} (learning rate constant to {c.decay_from}, then linear decay), "
                 f"batch {c.batch_size}, {m.generator} ngf {m.ngf}"
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
                 f"{c.axis} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
-                f"{self.workers} data worker{'s' if self.workers != 1 else ''}")
+                f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")
 
     def observe(self, step: int) -> bool:
         """Time the steps; True once, when the estimate is ready."""

@@ -12,6 +12,8 @@ Usage::
     python scripts/study_cpu.py --out study/ --minutes 5            # every recipe, every fold
     python scripts/study_cpu.py --out study/ --recipes paired_residual --minutes 5
     python scripts/study_cpu.py --out study/ --report-only          # table, JSON and PNG from finished runs
+    python scripts/study_cpu.py --out study/ --report-only --lesion --recipes ssim30_gate10 --packaged-seen
+        # every finished fold (and the packaged model) inside the lesion masks: results/study_lesion.{md,json}
 
 Writes ``scripts/results/study_cpu.{md,json,png}`` (``--results``).
 """
@@ -88,6 +90,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim100_gate10": _ssim30(lambda_ssim=100.0, model={"gate_scale": 10.0}),
     "ssim30_gate10_dropout": _ssim30(model={"gate_scale": 10.0, "dropout": 0.5}),
     "ssim30_gate10_2052": _ssim30(steps=2052, model={"gate_scale": 10.0}),
+    # the packaged recipe with synthetic oedema-like blobs (T1-dark, T2-bright, smooth borders; medsynth.lesions) in
+    # half the paired samples: two training patients show too few lesions (scripts/results/study_lesion.md)
+    "ssim30_gate10_lesions": _ssim30(lesion_augment=0.5, model={"gate_scale": 10.0}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -168,7 +173,7 @@ def measure_speed(recipe: str, train_cases: list[Path], tmp: Path, steps: int = 
 
 
 def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes: float,
-             seconds_per_step: float, points: int, steps: int | None = None) -> Path:
+             seconds_per_step: float, points: int, steps: int | None = None, threads: int | None = None) -> Path:
     from medsynth.training import train
 
     out = root / recipe / fold.name
@@ -177,6 +182,7 @@ def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes
     steps = steps or max(int(minutes * 60 / seconds_per_step), 10)
     train_cases = [c for c in all_cases if c != fold]
     config = build_config(recipe, train_cases, fold, out, steps, val_every=max(steps // points, 1))
+    config.threads = threads if threads is not None else config.threads
     print(f"[{recipe} / held out {fold.name}] {steps} steps (~{minutes:g} min at {seconds_per_step:.3f} s/step)",
           flush=True)
     train(config, progress=False)
@@ -210,6 +216,130 @@ def extra_scores(run: Path, held_out: Path) -> dict[str, dict[str, dict[str, flo
         out["axial_gauss0.7"][direction] = masked_metrics(smooth, ref.array, mask)
     cache.write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+#: lesion masks of the shared patients (``scripts/make_lesion_masks.py``): 1 oedema, 2 core
+LESIONS = HERE / "study_data" / "lesion_masks"
+#: the packaged model's recipe and held-out patient: that fold's run is the packaged model itself
+PACKAGED = ("ssim30_gate10", "BraTS-GLI-00001-000")
+REGIONS = ("brain", "oedema", "core", "lesion")
+
+
+def lesion_scores(model: Path, held_out: Path, cache: Path | None = None) -> dict[str, Any]:
+    """A model on its held-out patient, whole brain and inside each lesion label, against the fair and oracle
+    baselines: ``{direction: {"model"|"fair"|"oracle": {region: {psnr, ssim, mae, voxels}}}}`` (regions: brain,
+    oedema = label 1, core = label 2, lesion = both; images normalised over the brain, see
+    :func:`medsynth.evaluation.region_metrics`). Cached in ``cache``."""
+    if cache is not None and cache.exists():
+        return json.loads(cache.read_text())
+    from medsynth.evaluation import baseline_translate, region_metrics
+    from medsynth.inference import Translator, fair_baseline_translator
+    from medsynth.io import load_image
+
+    translator = Translator.from_file(model, device="cpu")
+    fair = fair_baseline_translator(model, device="cpu")
+    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
+    labels = load_image(LESIONS / f"{held_out.name}.nii.gz", allow_constant=True).array
+    mask = (t1.array > 0) & (t2.array > 0)
+    regions = {"brain": mask, "oedema": labels == 1, "core": labels == 2, "lesion": labels > 0}
+    out: dict[str, Any] = {"model": str(model)}
+    for direction, (src, ref) in zip(translator.directions, ((t1, t2), (t2, t1))):
+        images = {"model": translator.translate(src, direction=direction, axis="axial").array,
+                  "fair": fair.translate(src, direction=direction, axis="axial").array,
+                  "oracle": baseline_translate(src.array, ref.array, mask)}
+        out[direction] = {k: region_metrics(v, ref.array, mask, regions) for k, v in images.items()}
+    if cache is not None:
+        cache.write_text(json.dumps(out, indent=2, allow_nan=True) + "\n")
+    return out
+
+
+#: the pseudo-recipe of ``--packaged-seen``: the packaged model on every patient, two of which trained it
+SEEN = "packaged_model_incl_its_training_patients"
+
+
+def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False) -> dict[str, Any]:
+    """:func:`lesion_scores` of every finished fold of ``recipes`` in ``root`` (the packaged model standing in for
+    its own fold, :data:`PACKAGED`), and per recipe the means over folds; ``packaged_seen``: also the packaged
+    model on all three patients (:data:`SEEN`: not a leave-one-out figure, two of them trained it)."""
+    from medsynth.inference import default_model_path
+
+    result: dict[str, Any] = {"recipes": {}}
+    for recipe in recipes + ([SEEN] if packaged_seen else []):
+        folds: dict[str, Any] = {}
+        for case in cases():
+            run = root / recipe / case.name
+            if recipe == SEEN:
+                model, cache = default_model_path(), root / PACKAGED[0] / f"packaged_{case.name}_lesion_scores.json"
+                cache.parent.mkdir(parents=True, exist_ok=True)
+            elif (run / "model.pt").exists():
+                model, cache = run / "model.pt", run / "lesion_scores.json"
+            elif (recipe, case.name) == PACKAGED:
+                model, cache = default_model_path(), root / recipe / f"packaged_{case.name}_lesion_scores.json"
+                cache.parent.mkdir(parents=True, exist_ok=True)
+            else:
+                continue
+            print(f"[{recipe} / {case.name}] scoring {model}", flush=True)
+            folds[case.name] = lesion_scores(model, case, cache)
+            config = run / "config.json"
+            folds[case.name]["train_minutes"] = (json.loads((run / "metrics.json").read_text())[-1]["train_minutes"]
+                                                 if (run / "metrics.json").exists() else None)
+            folds[case.name]["steps"] = json.loads(config.read_text())["steps"] if config.exists() else 1368
+        if not folds:
+            continue
+        means: dict[str, Any] = {}
+        for d in ("t1-to-t2", "t2-to-t1"):
+            means[d] = {}
+            for kind in ("model", "fair", "oracle"):
+                means[d][kind] = {}
+                for region in REGIONS:
+                    # a region some patient lacks (no core) is averaged over the folds that have it
+                    have = [f[d][kind][region] for f in folds.values() if f[d][kind][region]["voxels"]]
+                    means[d][kind][region] = {m: float(np.mean([h[m] for h in have])) if have else float("nan")
+                                              for m in ("psnr", "ssim", "mae", "bias")} | {"folds": len(have)}
+        minutes = [f["train_minutes"] for f in folds.values() if f["train_minutes"] is not None]
+        result["recipes"][recipe] = {"folds": folds, "means": means,
+                                     "train_minutes": float(np.mean(minutes)) if minutes else None}
+    return result
+
+
+def lesion_report(result: dict[str, Any], results_dir: Path, name: str = "study_lesion", intro: str = "") -> None:
+    """``<name>.md`` (fold means and per patient, whole brain and lesion regions) and ``<name>.json``."""
+    from medsynth.benchmark import machine as machine_info
+    from medsynth.files import write_atomic
+
+    result["machine"] = machine_info()
+
+    def cell(s: dict[str, float]) -> str:
+        return "-" if not np.isfinite(s["psnr"]) else f"{s['psnr']:.2f} / {s['ssim']:.3f} / {s['bias']:+.3f}"
+
+    head = ("| recipe | folds | train min | direction | image | brain | oedema (1) | core (2) | lesion (1+2) |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    lines = ["Means over the folds (PSNR dB / SSIM / bias = mean of prediction - reference on the [0, 1]-normalised "
+             "images, negative: too dark; each region's mean over the folds that have it: TCGA-DU-7294 has no core):",
+             "", head]
+    for recipe, r in result["recipes"].items():
+        minutes = "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}"
+        for d in ("t1-to-t2", "t2-to-t1"):
+            for kind, label in (("model", "**model**"), ("fair", "fair baseline"), ("oracle", "oracle baseline")):
+                m = r["means"][d][kind]
+                lines.append(f"| {recipe} | {len(r['folds'])} | {minutes} | {d} | {label} | "
+                             + " | ".join(cell(m[g]) for g in REGIONS) + " |")
+    lines += ["", "Per held-out patient (PSNR dB / SSIM / bias):", "",
+              "| recipe | held out | direction | image | brain | oedema (1) | core (2) | lesion (1+2) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for recipe, r in result["recipes"].items():
+        for case, f in r["folds"].items():
+            for d in ("t1-to-t2", "t2-to-t1"):
+                for kind, label in (("model", "**model**"), ("fair", "fair baseline"), ("oracle", "oracle baseline")):
+                    lines.append(f"| {recipe} | {case} | {d} | {label} | "
+                                 + " | ".join(cell(f[d][kind][g]) for g in REGIONS) + " |")
+    table = "\n".join(lines)
+    print(table)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    safe = json.loads(json.dumps(result, allow_nan=True).replace("NaN", "null"))
+    write_atomic(results_dir / f"{name}.json", json.dumps(safe, indent=2) + "\n")
+    write_atomic(results_dir / f"{name}.md", f"# Lesion regions (leave-one-out)\n\n{intro}{table}\n")
+    print(f"wrote {results_dir / name}.md, .json")
 
 
 _ORACLES: dict[str, Any] = {}
@@ -354,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--name", default="study_cpu", help="results file name")
     p.add_argument("--only", default=None, help="report only these comma-separated recipes (default: every one found)")
+    p.add_argument("--folds", default=None,
+                   help="train only these comma-separated held-out cases (default: every fold)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per training (default: every core)")
+    p.add_argument("--lesion", action="store_true",
+                   help="score every finished fold (and the packaged model on its held-out patient) inside the lesion "
+                        "masks of scripts/study_data/lesion_masks: writes --name (default study_lesion) .md/.json")
+    p.add_argument("--packaged-seen", action="store_true",
+                   help="with --lesion: also the packaged model on all three patients (two of which it was trained on)")
     p.add_argument("--extra", action="store_true",
                    help="also score each final model with the axes fused and with a Gaussian probe")
     args = p.parse_args(argv)
@@ -361,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {DATA}: the shared BraTS patients are needed", file=sys.stderr)
         return 2
     all_cases = cases()
+    if args.lesion and args.report_only:
+        only = args.only.split(",") if args.only else [r for r in args.recipes.split(",") if r]
+        name = "study_lesion" if args.name == "study_cpu" else args.name
+        lesion_report(lesion_study(args.out, only, args.packaged_seen), args.results, name)
+        return 0
     if not args.report_only:
         for recipe in [r for r in args.recipes.split(",") if r]:
             if recipe not in RECIPES:
@@ -368,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             seconds = measure_speed(recipe, all_cases[:2], args.out) if args.steps is None else 1.0
             print(f"{recipe}: {seconds:.3f} s/step", flush=True)
+            wanted = set(args.folds.split(",")) if args.folds else None
             for fold in all_cases:
-                run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points, args.steps)
+                if wanted is None or fold.name in wanted:
+                    run_fold(recipe, fold, all_cases, args.out, args.minutes, seconds, args.points, args.steps,
+                             threads=args.threads)
     report(collect(args.out, args.extra, args.only.split(",") if args.only else None), args.results, args.name)
     return 0
 

@@ -18,8 +18,15 @@ from medsynth.inference import DEFAULT_MODEL, Translator
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert demo_main([str(out), "--device", "cpu"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert demo_main([str(out), "--device", "cpu"]) == 0
+    # what the command printed, beside its folder
+    (out.parent / "stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -42,6 +49,24 @@ def test_demo_writes_the_volume_with_the_inputs_geometry_and_a_preview(demo_dir:
     assert (demo_dir / "sample_t1.nii.gz").read_bytes() == SAMPLE_T1.read_bytes()
     preview = np.asarray(PILImage.open(demo_dir / "preview.png").convert("L"))
     assert preview.shape[0] > 300 and preview.shape[1] > 500 and preview.std() > 10
+    # the brain fills its panels: the crop (152 x 202 x 149 voxels of 240 x 240 x 155) makes the axial row's middle
+    # panel mostly brain
+    height, width = preview.shape
+    axial = preview[int(height * 0.1):int(height * 0.4), width // 3 + 20:2 * width // 3 - 20]
+    assert (axial > 20).mean() > 0.6
+    printed = (demo_dir.parent / "stdout.txt").read_text()
+    assert "\nnote: input T1 looks thick-slice (through-plane blur x" in printed
+
+
+def test_preview_notes_say_the_sample_is_thick_slice_and_what_all_axes_means() -> None:
+    from medsynth.demo import preview_notes
+
+    t1 = nib.load(SAMPLE_T1)
+    notes = preview_notes(t1.get_fdata(dtype=np.float32), t1.affine, "all")
+    assert notes[0].startswith("input T1 looks thick-slice (through-plane blur x")
+    assert notes[0].endswith("along S-I): coronal and sagittal rows striped")
+    assert notes[1].startswith("three axes fused: the T1 translated slice by slice along axial, coronal and sagittal")
+    assert preview_notes(t1.get_fdata(dtype=np.float32), t1.affine, "axial") == notes[:1]
 
 
 def _scores(demo_dir: Path) -> tuple[dict, dict]:

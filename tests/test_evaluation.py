@@ -23,6 +23,7 @@ from medsynth.evaluation import (
     masked_metrics,
     normalise_in_mask,
     pair_cases,
+    region_metrics,
     ssim_map,
 )
 
@@ -378,3 +379,116 @@ def test_cli_subprocess_reports_error_without_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {missing}: no such file or folder"]
+
+
+# ------------------------------------------------------------------------------------- per-label metrics
+
+
+def lesion_case(root: Path, case: str = "lesion", seed: int = 30) -> dict[str, Path]:
+    """A head (ball) with two labelled regions; the prediction is the reference everywhere except label 2
+    ("core"), where it is dark where the reference is bright (as a model that misses a bright lesion)."""
+    shape = (28, 30, 24)
+    head = ball(shape, 0.9)
+    oedema = ball(shape, 0.9) & (np.indices(shape)[0] < 10) & (np.indices(shape)[1] >= 5)
+    core = np.zeros(shape, bool)
+    core[16:24, 10:20, 8:16] = True
+    core &= head
+    labels = oedema.astype(np.uint8) + 2 * core.astype(np.uint8)
+    t2 = 400 + 600 * smooth_field(shape, seed=seed)
+    grid = np.indices(shape)
+    t2[grid[0] >= 24] = 1500  # bright CSF and a dark structure, both predicted right: they fix each image's
+    t2[grid[1] < 5] = 100  # 0.5/99.5 percentiles, so the normalisation does not hinge on the lesion
+    t2[core] += 600  # the bright lesion
+    t2 *= head
+    t1 = (1600 - t2) * head
+    pred = t2.copy()
+    pred[core] = 200 + 0.1 * (t2[core] - 1000)  # dark grey, with the lesion's texture kept
+    return {
+        "ref": save_nifti(root / "ref" / case / "t2.nii.gz", t2),
+        "src": save_nifti(root / "src" / case / "t1.nii.gz", t1),
+        "pred": save_nifti(root / "pred" / f"{case}_t1-to-t2.nii.gz", pred),
+        "labels": save_nifti(root / "labels" / f"{case}.nii.gz", labels),
+    }
+
+
+def test_region_metrics_normalise_over_the_mask_not_the_region() -> None:
+    ref = smooth_field() * ball()
+    mask = ref > 0
+    region = mask & (np.indices(SHAPE)[0] < 12)
+    pred = ref.copy()
+    pred[region] = 0.4 * ref[region] + 0.25  # a contrast change of the region alone
+    scores = region_metrics(pred, ref, mask, {"lesion": region, "rest": mask & ~region, "none": np.zeros_like(mask)})
+    # normalised inside the region alone the change would vanish; over the whole mask it is an error there
+    # (the rest moves a little too: each image's percentiles over the mask change)
+    assert masked_metrics(pred, ref, region)["psnr"] > 60
+    assert scores["lesion"]["psnr"] < 20 < scores["rest"]["psnr"] - 5 < scores["rest"]["psnr"]
+    assert scores["lesion"]["mae"] > 2 * scores["rest"]["mae"]
+    assert scores["lesion"]["voxels"] == int(region.sum())
+    assert math.isnan(scores["none"]["psnr"]) and scores["none"]["voxels"] == 0
+    # the regions' SSIM is the whole mask's SSIM map averaged over them
+    whole = region_metrics(pred, ref, mask, {"all": mask})["all"]
+    full = masked_metrics(pred, ref, mask)
+    assert whole["ssim"] == pytest.approx(full["ssim"], abs=1e-6) and whole["psnr"] == pytest.approx(full["psnr"])
+
+
+def test_cli_labels_right_in_one_label_wrong_in_another(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = lesion_case(tmp_path)
+    (tmp_path / "labels" / "labels.json").write_text('{"1": "oedema", "2": "core"}')
+    out = tmp_path / "report"
+    argv = ["--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--source", str(tmp_path / "src"),
+            "--labels", str(tmp_path / "labels"), "--out", str(out)]
+    assert main(argv) == 0
+    header = capsys.readouterr().out.splitlines()[0].split()
+    for column in ("oedema_psnr", "core_ssim", "baseline_oedema_mae", "baseline_core_psnr"):
+        assert column in header
+    with open(out / "metrics.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    value = {k: float(v) for k, v in row.items() if k.endswith(("psnr", "ssim", "mae"))}
+    # right in the oedema, wrong in the core: every metric says so, and the whole head lies between
+    assert value["oedema_psnr"] > value["psnr"] > value["core_psnr"] + 5
+    assert value["oedema_ssim"] > value["core_ssim"] + 0.2
+    assert value["oedema_mae"] < value["core_mae"] / 5
+    # and it says which way: the core comes out too dark (bias = mean prediction - reference)
+    assert float(row["core_bias"]) < -0.3 and abs(float(row["oedema_bias"])) < 0.01
+    # the oracle baseline (inverted T1 = T2 here) gets the core right: the model loses to it there only
+    assert value["baseline_core_psnr"] > value["core_psnr"] + 10
+    assert int(row["oedema_voxels"]) > 0 and int(row["core_voxels"]) > 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["arguments"]["label_names"] == {"1": "oedema", "2": "core"}
+    assert report["cases"][0]["core_psnr"] == pytest.approx(value["core_psnr"])
+    assert report["cases"][0]["labels"].endswith("lesion.nii.gz")
+    # --label-names wins over labels.json; the overlay PNG beside the maps is not taken for a label map
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "labels" / "lesion.png")
+    (row2,) = evaluate(str(d["pred"]), str(d["ref"]), labels=[str(tmp_path / "labels")], label_names="2=tumour core")
+    assert row2["tumour_core_psnr"] == pytest.approx(value["core_psnr"]) and "label1_psnr" in row2
+
+
+def test_labels_with_the_fair_baseline_and_absent_labels(tmp_path: Path) -> None:
+    from conftest import write_residual_model
+
+    d = lesion_case(tmp_path)
+    model = write_residual_model(tmp_path / "model.pt")
+    names = tmp_path / "names.csv"
+    names.write_text("label,name\n1,oedema\n2,core\n3,necrosis\n")
+    (row,) = evaluate(str(d["pred"]), str(d["ref"]), source=str(d["src"]), model=model, labels=str(d["labels"]),
+                      label_names=names)
+    assert row["fair_baseline_core_psnr"] > row["core_psnr"]
+    assert math.isnan(row["necrosis_psnr"]) and row["necrosis_voxels"] == 0  # named, absent in this case
+
+
+def test_cli_bad_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = lesion_case(tmp_path)
+    base = ["--pred", str(d["pred"]), "--ref", str(d["ref"])]
+    halves = save_nifti(tmp_path / "bad" / "lesion.nii.gz", np.full((28, 30, 24), 0.5))
+    err = run_bad([*base, "--labels", str(halves)], capsys)
+    assert err.startswith(f"error: {halves}: ") and "integers" in err
+    err = run_bad([*base, "--labels", str(d["labels"]), "--label-names", "one=oedema"], capsys)
+    assert err.startswith("error: --label-names: ")
+    err = run_bad([*base, "--label-names", "1=oedema"], capsys)
+    assert "--labels" in err
+    other = save_nifti(tmp_path / "other" / "b.nii.gz", np.ones((28, 30, 24)))
+    two = save_nifti(tmp_path / "other" / "c.nii.gz", np.ones((28, 30, 24)))
+    err = run_bad(["--pred", str(d["pred"]), "--ref", str(d["ref"]), "--labels", str(other), str(two)], capsys)
+    assert "no label map for case 'lesion'" in err

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
+import stat
 import zlib
 from pathlib import Path
+from typing import Iterator
 
 import itk
 import nibabel as nib
@@ -47,3 +50,54 @@ def test_write_atomic_replaces_whole(tmp_path: Path) -> None:
     path = write_atomic(tmp_path / "a.json", "{}\n")
     write_atomic(path, b"[1]\n")
     assert path.read_text() == "[1]\n" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """Run the test under this umask (process-wide, so restored whatever happens)."""
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_writer_gives_the_mode_the_umask_gives(tmp_path: Path, umask: int, make_volume) -> None:
+    """Outputs are 0o666 and folders 0o777 less the umask, as ``open`` and ``mkdir`` make them: the temporary
+    file an output is written to before its rename must not keep a private mode of its own."""
+    import torch
+
+    from medsynth.files import atomic_save
+    from medsynth.io import load_image, save_like
+    from medsynth.pictures import save_grid
+
+    file_mode, folder_mode = 0o666 & ~umask, 0o777 & ~umask
+    text = write_atomic(tmp_path / "reports" / "metrics.json", "{}\n")
+    again = write_atomic(text, "[]\n")  # a replaced file takes the mode anew
+    model = atomic_save({"weights": torch.zeros(3)}, tmp_path / "run" / "model.pt")
+    volume = load_image(make_volume(tmp_path, "in.nii.gz", shape=(6, 7, 5)))
+    nifti = save_like(volume, volume.array * 2, tmp_path / "converted" / "sub" / "out.nii.gz")
+    mha = save_like(volume, volume.array, tmp_path / "converted" / "out.mhd")
+    png = tmp_path / "samples" / "step_1.png"
+    save_grid(png, [[torch.zeros(8, 8), torch.ones(8, 8)]])
+    written = {"text": again, "atomic_save": model, "save_like nifti": nifti, "save_like mhd": mha,
+               "save_like raw": mha.with_suffix(".raw"), "pictures png": png}
+    assert {name: oct(_mode(p)) for name, p in written.items()} == {name: oct(file_mode) for name in written}
+    for folder in (text.parent, model.parent, nifti.parent, nifti.parent.parent, png.parent):
+        assert _mode(folder) == folder_mode, folder
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []  # no temporary file or staging folder left
+
+
+def test_a_failed_atomic_write_leaves_nothing(tmp_path: Path) -> None:
+    from medsynth.files import atomic_path
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "out.png") as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("the writer failed")
+    assert list(tmp_path.iterdir()) == []

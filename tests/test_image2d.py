@@ -326,3 +326,52 @@ def test_real_compressed_dicom_and_rgb_png():
     assert array.shape == (1024, 1024) and meta.spacing == pytest.approx((0.168, 0.168)) and meta.bit_depth == 8
     array, meta = read_image2d(next(XRAY.glob("CR.*.png")))
     assert array.ndim == 2 and meta.extra["converted_to_grey"] and 0 <= array.min() < array.max() <= 255
+
+
+# ------------------------------------------------------------------------------------------- colour
+
+
+def test_colour_is_told_apart_from_grey_stored_as_rgb(tmp_path):
+    """The luminance is always what is read; ``meta.colour`` says whether it lost colour (a converter refuses
+    those without --luminance), not merely that the file had three channels."""
+    grey = ramp(top=255).astype(np.uint8)
+    Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    Image.fromarray(np.stack([grey, grey, grey, np.full_like(grey, 230)], -1), "RGBA").save(tmp_path / "grey_rgba.png")
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    colour = np.stack([grey, grey[::-1], np.full_like(grey, 40)], -1)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    tifffile.imwrite(tmp_path / "colour.tif", colour, photometric="rgb")
+    tifffile.imwrite(tmp_path / "grey_rgb.tif", np.stack([grey] * 3, -1), photometric="rgb")
+    found = {}
+    for name in ("grey_rgb.png", "grey_rgba.png", "grey.png", "colour.png", "colour.tif", "grey_rgb.tif"):
+        array, meta = read_image2d(tmp_path / name)
+        assert array.shape == grey.shape
+        found[name] = (meta.colour, bool(meta.extra["converted_to_grey"]))
+    assert found == {"grey_rgb.png": (False, True), "grey_rgba.png": (False, True), "grey.png": (False, False),
+                     "colour.png": (True, True), "colour.tif": (True, True), "grey_rgb.tif": (False, True)}
+
+
+def test_rgb_dicom_colour_flag(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    def rgb_dicom(path: Path, pixels: np.ndarray) -> Path:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "OT"
+        ds.Rows, ds.Columns = pixels.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = pixels.astype(np.uint8).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        return path
+
+    grey = ramp(top=255).astype(np.uint8)
+    _, meta = read_image2d(rgb_dicom(tmp_path / "grey.dcm", np.stack([grey] * 3, -1)))
+    assert meta.extra["converted_to_grey"] and not meta.colour
+    _, meta = read_image2d(rgb_dicom(tmp_path / "colour.dcm", np.stack([grey, 255 - grey, grey // 2], -1)))
+    assert meta.colour

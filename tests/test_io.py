@@ -128,3 +128,48 @@ def test_check_output_refuses_a_folder(tmp_path: Path) -> None:
     (tmp_path / "dir").mkdir()
     with pytest.raises(InputError, match="folder"):
         check_output(tmp_path / "dir", overwrite=True)
+
+
+def test_check_output_says_one_thing_about_a_folder_whatever_overwrite_says(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    messages = set()
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as caught:
+            check_output(tmp_path / "dir", [tmp_path / "t1.nii.gz"], overwrite=overwrite)
+        messages.add(str(caught.value))
+    assert messages == {f"{tmp_path / 'dir'}: the output is a folder; give a file name, e.g. "
+                        f"{tmp_path / 'dir' / 't1.nii.gz'}"}
+
+
+def test_check_output_refuses_a_name_without_extension_before_creating_anything(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no file extension"):
+        check_output(tmp_path / "new" / "result", [tmp_path / "t1.nii.gz"])
+    with pytest.raises(InputError, match="cannot write this format"):
+        check_output(tmp_path / "result.xyz", [tmp_path / "t1.nii.gz"])
+    assert list(tmp_path.iterdir()) == []
+    # beside a DICOM export without a suffix, a name without one keeps its format
+    assert check_output(tmp_path / "IM0002", [tmp_path / "IM0001"]) == tmp_path / "IM0002"
+
+
+def test_kinds_of_inputs_and_a_mix_is_refused_naming_the_odd_file(tmp_path: Path, make_volume) -> None:
+    from PIL import Image as PILImage
+
+    from medsynth.io import kind_of, kind_of_inputs
+
+    vols = [make_volume(tmp_path, f"v{i}.nii.gz", shape=(6, 6, 4)) for i in range(2)]
+    png = tmp_path / "slice.png"
+    PILImage.fromarray(np.full((6, 6), 100, np.uint8)).save(png)
+    assert (kind_of(vols[0]), kind_of(png), kind_of(tmp_path / "a.mha")) == ("volume", "image2d", "volume")
+    assert kind_of_inputs(vols) == "volume" and kind_of_inputs([png]) == "image2d"
+    with pytest.raises(InputError) as caught:
+        kind_of_inputs([png, *vols])
+    assert caught.value.path == str(png) and "2 other inputs are 3D volumes" in caught.value.problem
+
+
+def test_save_like_staging_leaves_nothing_on_a_failed_write(tmp_path: Path, make_volume) -> None:
+    image = load_image(make_volume(tmp_path, "in.nii.gz", shape=(6, 6, 4)))
+    with pytest.raises(InputError, match="2D image"):
+        save_like(image, image.array, tmp_path / "out" / "a.png")  # a volume cannot become a PNG
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(InputError, match="2D image"):
+        check_output(tmp_path / "out" / "a.png", [image.path])  # and a converter refuses it before any work

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import re
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,9 +30,10 @@ import uvicorn
 
 from medsynth.cli import convert_main
 from medsynth.cli.serve import main
-from medsynth.client import remote_translate
+from medsynth.client import remote_translate, zip_folder
 from medsynth.errors import InputError
 from medsynth.inference import Translator
+from medsynth.io import itk_affine, load_image
 from medsynth.server import create_app, model_name
 
 TOKEN = "s3cret-token"
@@ -246,6 +252,17 @@ def test_itk_round_trip(client: httpx.Client, translator: Translator, tmp_path: 
     np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
 
 
+def test_answer_format_on_request(client: httpx.Client, translator: Translator, tmp_path: Path) -> None:
+    src = write_nifti(tmp_path / "scan.nii.gz", head_phantom((12, 14, 10), seed=8), oblique_affine())
+    response = post(client, src, {"format": "mha"})
+    assert 'filename="scan_translated.mha"' in response.headers["content-disposition"]
+    got = sitk.ReadImage(str(save_response(response, tmp_path / "answer.mha")))
+    want = nib.load(str(expected_output(translator, src, tmp_path / "e")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(got).transpose(2, 1, 0), np.asarray(want.dataobj))
+    np.testing.assert_allclose(itk_affine(got), want.affine, atol=1e-4)
+    assert post(client, src, {"format": "png"}).status_code == 422
+
+
 def _multipart_chunks(name: str, data: bytes, boundary: str = "b0undary") -> Iterator[bytes]:
     """A multipart body sent chunked (no Content-Length), so the limit must be enforced while streaming."""
     yield f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n\r\n'.encode()
@@ -267,6 +284,15 @@ def _upload(name: str, data: bytes) -> Callable[[httpx.Client, Path], httpx.Resp
     return lambda c, d: c.post("/infer", files={"file": (name, data)})
 
 
+def _zip_of(members: dict[str, bytes]) -> bytes:
+    """A zip holding ``members`` under exactly the given names (zipfile keeps '..' and leading '/' as written)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
 def _good_volume(params: dict | None = None, **kwargs: Any) -> Callable[[httpx.Client, Path], httpx.Response]:
     return lambda c, d: post(c, volume(d, "v.nii.gz"), params, **kwargs)
 
@@ -280,6 +306,18 @@ BAD_REQUESTS: dict[str, tuple[Send, int, str]] = {
     "corrupt gz": (lambda c, d: c.post("/infer", files={"file": _truncated_gz(d)}), 400, "cut.nii.gz:"),
     "gz of noise": (_upload(*_garbage_gz()), 400, "noise.nii.gz:"),
     "garbage nrrd": (_upload("x.nrrd", b"NRRD0004\nsizes: a b\n\n"), 400, "x.nrrd:"),
+    "zip: not a zip": (_upload("series.zip", os.urandom(3000)), 400, "series.zip: not a readable zip archive"),
+    "zip: truncated": (_upload("cut.zip", _zip_of({"a.dcm": os.urandom(5000)})[:-40]), 400,
+                       "cut.zip: not a readable zip archive"),
+    "zip: '..' member": (_upload("s.zip", _zip_of({"ok.dcm": b"x", "../../escape.dcm": b"y"})), 400,
+                         "s.zip: unsafe path '../../escape.dcm'"),
+    "zip: absolute member": (_upload("s.zip", _zip_of({"/tmp/escape.dcm": b"y"})), 400, "unsafe path '/tmp/escape"),
+    "zip: backslash '..'": (_upload("s.zip", _zip_of({"a\\..\\..\\escape.dcm": b"y"})), 400, "unsafe path"),
+    "zip: drive letter": (_upload("s.zip", _zip_of({"C:/escape.dcm": b"y"})), 400, "unsafe path 'C:/escape"),
+    "zip: bomb": (_upload("bomb.zip", _zip_of({"zeros.dcm": bytes(9 << 20)})), 413,
+                  "bomb.zip: unpacks to more than the server's limit of 8 MB"),
+    "zip: empty": (_upload("empty.zip", _zip_of({"__MACOSX/._a.dcm": b"x"})), 400, "empty.zip: the zip holds no files"),
+    "zip: not DICOM": (_upload("notes.zip", _zip_of({"notes.txt": b"hello"})), 400, "notes.zip"),
     "empty file": (_upload("empty.nii", b""), 400, "empty file"),
     "unknown model": (_good_volume({"model": "nope"}), 404, "unknown model 'nope'"),
     "unknown direction": (_good_volume({"direction": "ct-to-mr"}), 422, "unknown direction"),
@@ -310,6 +348,9 @@ def test_bad_request_then_normal_request(
     assert str(tmp_root) not in response.text and "input.nii" not in response.text  # no server paths leak
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
+    if case.startswith("zip"):  # nothing of a refused zip lands outside the request folder
+        for folder in (tmp_root, tmp_root.parent, tmp_root.parent.parent):
+            assert not list(folder.rglob("escape*"))
     check_normal_request(client, translator, tmp_path)
     assert_tmp_empty(tmp_root)
 
@@ -439,41 +480,44 @@ def test_main_rejects_bad_model_paths(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_command_line_server(tiny_model: Path, tmp_path: Path) -> None:
-    """``python -m medsynth serve`` as a user starts it: token from a file, one log line per request."""
+    """``python -m medsynth serve`` as a user starts it: token from a file, one log line per request; uploads that
+    are aborted give one line each and no traceback; a stalled one is dropped after ``--idle-timeout``."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     src = volume(tmp_path, "v.nii.gz", seed=2)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "medsynth", "serve", "--model", f"brain={tiny_model}", "--port", "0",
-         "--token-file", str(token_file), "--device", "cpu", "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-    )
-    log: list[str] = []
-    try:
-        assert proc.stdout is not None
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            assert line, "server exited: " + "".join(log)
-            log.append(line)
-            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
-            url = found.group(1) if found else None
-        assert url is not None
-        wait_until(lambda: _health_ok(url), timeout=30)
+    args = ["--model", f"brain={tiny_model}", "--token-file", str(token_file), "--device", "cpu", "--threads", "1",
+            "--idle-timeout", "2"]
+    with command_line_server(args) as (url, lines):
+        assert any("upload idle timeout 2 s" in line for line in lines), lines  # stated at start-up
         with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
             assert client.get("/models").json()["models"][0]["name"] == "brain"
             assert post(client, src, {"model": "brain"}).status_code == 200
             assert post(client, src, headers={"Authorization": "Bearer no"}).status_code == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(timeout=30)
-        log.append(rest)
-    text = "".join(log)
-    assert proc.returncode == 0, text
+        aborted = []
+        for reset in (False, True):
+            sock = _partial_upload(url, sent=5000)
+            aborted.append(sock.getsockname()[1])
+            time.sleep(0.5)  # the server has read what was sent
+            if reset:  # an abrupt end (RST) as well as a polite one (FIN)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        stalled = _partial_upload(url, sent=3000)
+        stalled_port = stalled.getsockname()[1]
+        assert _read_until_closed(stalled, deadline=time.monotonic() + 10).startswith(b"HTTP/1.1 408")
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:  # still serving
+            assert post(client, src).status_code == 200
+            wait_until(lambda: any(re.search(r"POST /infer 200 ", line) for line in lines), timeout=10)
+    text = "".join(lines)
     assert re.search(r"POST /infer\?model=brain 200 in=\d+B out=\d+B \d+\.\d+s", text), text
     assert re.search(r"POST /infer 401 in=\d+B out=\d+B", text), text
     assert TOKEN not in text
+    assert "Traceback" not in text and "Exception" not in text and "POST /infer 500" not in text, text
+    for port in aborted:
+        mine = [line for line in lines if f"127.0.0.1:{port} " in line]
+        assert len(mine) == 1, text
+        assert re.search(rf"upload from 127\.0\.0\.1:{port} aborted after 5000 of 200000 bytes", mine[0]), mine
+    mine = [line for line in lines if f"127.0.0.1:{stalled_port} " in line]
+    assert len(mine) == 1 and re.search(r"idle for 2 s after 3000 of 200000 bytes: answered 408", mine[0]), text
 
 
 def _health_ok(url: str) -> bool:
@@ -481,3 +525,182 @@ def _health_ok(url: str) -> bool:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+# ---- stalled and aborted uploads -------------------------------------------------------------------------------
+
+
+def _partial_upload(url: str, sent: int = 1000, total: int = 200_000, token: str | None = TOKEN) -> socket.socket:
+    """Open ``POST /infer`` on a raw socket: headers declaring ``total`` body bytes, then only ``sent`` of them."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="v.nii"\r\n\r\n'
+    lines = ["POST /infer HTTP/1.1", f"Host: {host}:{port}", "Content-Type: multipart/form-data; boundary=b0undary",
+             f"Content-Length: {total}"] + ([f"Authorization: Bearer {token}"] if token else [])
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + head + bytes(sent - len(head)))
+    return sock
+
+
+def _read_until_closed(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it is still open at ``deadline``."""
+    data = b""
+    with sock:
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout:
+                raise AssertionError(f"the server still holds a stalled upload; it sent {data[:80]!r}") from None
+            except ConnectionResetError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_stalled_uploads_are_dropped_after_the_idle_timeout(
+    tiny_model: Path, translator: Translator, tmp_path: Path
+) -> None:
+    root = tmp_path / "srv"
+    app = create_app([tiny_model], device="cpu", token=TOKEN, max_upload_mb=1, queue_size=2, tmp_dir=root,
+                     idle_timeout=1)
+    src = volume(tmp_path / "in", "v.nii.gz", seed=31)
+    want = nifti_voxels(expected_output(translator, src, tmp_path / "e"))
+    with serve(app) as url:
+        start = time.monotonic()
+        # 8 reach the route and stall in its body read; 2 without the token are refused unread and stall in the
+        # drain of their body; more stalled uploads than the queue has places
+        stalled = [_partial_upload(url, sent=1000 + 500 * i) for i in range(8)]
+        stalled += [_partial_upload(url, token=None) for _ in range(2)]
+        answers = [_read_until_closed(sock, deadline=start + 8) for sock in stalled]
+        elapsed = time.monotonic() - start
+        for answer in answers[:8]:
+            head = answer.split(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 408") and b"connection: close" in head, answer
+            assert b"no data received for 1 s; upload abandoned" in answer
+        for answer in answers[8:]:
+            assert answer.lower().startswith(b"http/1.1 401") and b"connection: close" in answer.lower(), answer
+        assert 0.9 < elapsed < 8, elapsed  # waited for the timeout, not longer
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
+            health = client.get("/health")
+            assert health.status_code == 200
+            assert health.json()["queue"]["running"] == 0 and health.json()["queue"]["waiting"] == 0
+            assert_tmp_empty(root)
+            np.testing.assert_array_equal(nifti_voxels(save_response(post(client, src), tmp_path / "o.nii.gz")), want)
+
+            # idle means idle: a slow client that keeps sending, for longer than the timeout in all, is served
+            data = src.read_bytes()
+
+            def slowly() -> Iterator[bytes]:
+                yield b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="slow.nii.gz"\r\n\r\n'
+                for piece in np.array_split(np.frombuffer(data, np.uint8), 4):
+                    time.sleep(0.5)
+                    yield piece.tobytes()
+                yield b"\r\n--b0undary--\r\n"
+
+            before = time.monotonic()
+            slow = client.post("/infer", content=slowly(), headers=CHUNKED)
+            assert time.monotonic() - before > 1.5
+            np.testing.assert_array_equal(nifti_voxels(save_response(slow, tmp_path / "slow.nii.gz")), want)
+        assert_tmp_empty(root)
+
+
+@contextmanager
+def command_line_server(args: list[str]) -> Iterator[tuple[str, list[str]]]:
+    """``python -m medsynth serve ARGS`` in a subprocess; yields its URL and its log lines as they come (stderr and
+    stdout together). Stops it with Ctrl-C and checks that it exits cleanly."""
+    proc = subprocess.Popen([sys.executable, "-m", "medsynth", "serve", "--port", "0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any("listening on" in line for line in lines) or proc.poll() is not None, timeout=60)
+        found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", "".join(lines))
+        assert found, "server did not start: " + "".join(lines)
+        wait_until(lambda: _health_ok(found.group(1)), timeout=30)
+        yield found.group(1), lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(lines)
+
+
+# ---- DICOM series as a zip -------------------------------------------------------------------------------------
+
+DICOM = Path(__file__).resolve().parents[2] / "shared" / "data" / "dicom_mr"
+
+
+def _zip_folder_as(folder: Path, archive: Path, top: str, extra: dict[str, bytes] | None = None) -> Path:
+    """Zip ``folder``'s files under ``top/`` (as "Compress" in a file manager does), with ``extra`` members."""
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for path in sorted(folder.iterdir()):
+            zf.write(path, f"{top}/{path.name}")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return archive
+
+
+def _series_uid(folder: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID)
+
+
+@pytest.mark.skipif(not (DICOM / "siemens_t1_sag_hfdr").is_dir(), reason="shared DICOM data not available")
+def test_dicom_series_zip_round_trip(tiny_model: Path, translator: Translator, tmp_path: Path) -> None:
+    enhanced = DICOM / "siemens_xa30_enh_t1"
+    # 8 neighbouring slices of the real series (a whole series, evenly spaced) keep the test fast
+    series = tmp_path / "t1_sag"
+    series.mkdir()
+    for path in sorted((DICOM / "siemens_t1_sag_hfdr").iterdir())[12:20]:
+        shutil.copy(path, series / path.name)
+    # a top folder and macOS resource forks, as a Mac's "Compress" writes them
+    archive = _zip_folder_as(series, tmp_path / "t1 sag.zip", "t1_sag", {"__MACOSX/t1_sag/._x.dcm": b"\0\5junk"})
+    want_path = translator.translate_file(series, tmp_path / "want.nii.gz", direction="t1-to-t2")
+    want = nifti_voxels(want_path)
+    root = tmp_path / "srv"
+    app = create_app([tiny_model], device="cpu", max_upload_mb=20, tmp_dir=root)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        response = client.post("/infer", params={"direction": "t1-to-t2"},
+                               files={"file": (archive.name, archive.read_bytes())})
+        got = nib.load(str(save_response(response, tmp_path / "answer.nii.gz")))
+        assert 'filename="t1_sag_translated.nii.gz"' in response.headers["content-disposition"]
+        np.testing.assert_array_equal(np.asarray(got.dataobj), want)
+        np.testing.assert_allclose(got.affine, load_image(series).affine, atol=1e-4)  # the series' geometry
+        assert got.shape == load_image(series).array.shape
+
+        # the client zips a folder on the fly, and leaves nothing behind
+        uploads = set(Path(tempfile.gettempdir()).glob("medsynth-upload-*"))
+        out = remote_translate(url, series, tmp_path / "remote.nii.gz", direction="t1-to-t2")
+        np.testing.assert_array_equal(nifti_voxels(out), want)
+        assert set(Path(tempfile.gettempdir()).glob("medsynth-upload-*")) <= uploads
+        with zipfile.ZipFile(zip_folder(series, tmp_path / "z.zip")) as zf:
+            assert sorted(zf.namelist()) == sorted(p.name for p in series.iterdir())
+
+        if enhanced.is_dir():
+            # one enhanced multi-frame file, answered as NRRD on request, with its geometry
+            single = _zip_folder_as(enhanced, tmp_path / "enh.zip", "enh")
+            response = client.post("/infer", params={"format": "nrrd"}, files={"file": ("enh.zip", single.read_bytes())})
+            assert 'filename="enh_translated.nrrd"' in response.headers["content-disposition"]
+            got = sitk.ReadImage(str(save_response(response, tmp_path / "enh.nrrd")))
+            ref = load_image(enhanced)
+            assert got.GetSize() == ref.array.shape
+            np.testing.assert_allclose(itk_affine(got), ref.affine, atol=1e-4)
+            assert np.ptp(sitk.GetArrayFromImage(got)) > 0
+
+            # two series in one zip: refused, naming both
+            both = tmp_path / "both.zip"
+            with zipfile.ZipFile(both, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                for folder in (series, enhanced):
+                    for path in sorted(folder.iterdir()):
+                        zf.write(path, f"{folder.name}/{path.name}")
+            response = client.post("/infer", files={"file": ("both.zip", both.read_bytes())})
+            assert response.status_code == 400, response.text
+            detail = response.json()["detail"]
+            assert detail.startswith("both.zip:") and "\n" not in detail
+            assert _series_uid(series) in detail and _series_uid(enhanced) in detail
+            assert str(root) not in detail
+    assert_tmp_empty(root)

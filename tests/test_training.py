@@ -43,8 +43,10 @@ def test_tiny_run_writes_everything(tmp_path: Path, domains: tuple[Path, Path]) 
     assert [p.name for p in samples] == ["step_0000002.png", "step_0000004.png"]
     grid = np.asarray(PILImage.open(samples[-1]))
     # two whole middle axial slices per domain, padded to the largest (x 28, y 34; y up to a multiple of 4: 36),
-    # shown with anterior up (rows = y), three tiles (real | translated | reconstructed) with 2 px gaps
-    assert grid.shape == (4 * (36 + 2) - 2, 3 * (28 + 2) - 2) and grid.std() > 0
+    # shown with anterior up (rows = y), three tiles (real | translated | reconstructed) with 2 px grey gaps,
+    # enlarged by a whole factor (28 px is too narrow for the titles)
+    tile = _first_tile(grid, (36, 28), 4, 3)
+    assert tile.shape[0] > 36 and tile.std() > 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     model = torch.load(run / "model.pt", weights_only=True)
     assert model["format"] == "medsynth-model" and model["domains"] == ["t1", "t2"]
@@ -54,6 +56,21 @@ def test_tiny_run_writes_everything(tmp_path: Path, domains: tuple[Path, Path]) 
     # the learning rate decayed linearly to zero over the last step
     assert checkpoint["opt_g"]["param_groups"][0]["lr"] == pytest.approx(0.0)
     assert not list(run.rglob(".*partial*"))
+
+
+def _first_tile(grid: np.ndarray, tile: tuple[int, int], rows: int, columns: int) -> np.ndarray:
+    """The first tile of a sample grid of ``rows`` x ``columns`` tiles of ``tile`` (height, width) pixels, enlarged
+    by a whole factor s, with 2 px grey gaps, below a band of titles and right of a band of row labels (which must
+    hold text)."""
+    height, width = grid.shape
+    fits = [(s, height - (rows * (tile[0] * s + 2) - 2), width - (columns * (tile[1] * s + 2) - 2))
+            for s in range(1, 6)]
+    s, top, left = next(f for f in fits if 0 < f[1] < 80 and 0 < f[2] < 200
+                        and (grid[f[1] + tile[0] * f[0]:f[1] + tile[0] * f[0] + 2, f[2]:] == 96).all())
+    first = grid[top:top + tile[0] * s, left:left + tile[1] * s]
+    assert np.array_equal(first, np.kron(first[::s, ::s], np.ones((s, s), np.uint8)))
+    assert grid[:top].max() == 255 and grid[top:, :left].max() == 255  # the labels
+    return first
 
 
 def test_resume_is_bit_exact(tmp_path: Path, domains: tuple[Path, Path]) -> None:
@@ -156,6 +173,48 @@ def test_validation_keeps_metrics_and_best_model(tmp_path: Path, make_volume) ->
     assert (run / "model_best.pt").exists()
 
 
+def test_validation_rounds_print_scores_beside_the_fair_baseline(tmp_path: Path, make_volume,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    from medsynth.evaluation import masked_metrics
+    from medsynth.inference import fair_baseline_translator
+
+    for i in range(2):
+        make_volume(tmp_path / "train_t1", f"c{i}_t1.nii.gz", shape=(24, 24, 10), seed=i, contrast="t1")
+        make_volume(tmp_path / "train_t2", f"c{i + 3}_t2.nii.gz", shape=(24, 24, 10), seed=i + 3, contrast="t2")
+    val_t1 = make_volume(tmp_path / "val", "p9_t1.nii.gz", shape=(20, 24, 12), seed=9, contrast="t1")
+    val_t2 = make_volume(tmp_path / "val", "p9_t2.nii.gz", shape=(20, 24, 12), seed=9, contrast="t2")
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "train_t1"), "--t2", str(tmp_path / "train_t2"), "--out", str(run),
+                       *TINY, "--steps", "5", "--decay-steps", "2", "--val-t1", str(val_t1), "--val-t2", str(val_t2),
+                       "--val-every", "2"])
+    assert code == 0
+    err = capsys.readouterr().err.splitlines()
+    plan = [l for l in err if l.startswith("plan:")]
+    assert plan and plan[0].endswith("; validation every 2 steps and at the end on 1 pair")
+    number = r"(-?\d+\.\d+)"
+    pattern = re.compile(rf"validation at step (\d+): t1-to-t2 PSNR {number} dB SSIM {number} \(fair baseline "
+                         rf"{number} dB, {number}\); t2-to-t1 PSNR {number} dB SSIM {number} \(fair baseline "
+                         rf"{number} dB, {number}\)$")
+    lines = [l for l in err if l.startswith("validation at step")]
+    matches = [pattern.match(l) for l in lines]
+    # rounds at steps 2 and 4, and one at the end (step 5)
+    assert all(matches) and [int(m.group(1)) for m in matches] == [2, 4, 5], lines
+    history = json.loads((run / "metrics.json").read_text())
+    for m, entry in zip(matches, history):
+        assert float(m.group(2)) == pytest.approx(entry["t1-to-t2"]["psnr"], abs=0.006)
+        assert float(m.group(7)) == pytest.approx(entry["t2-to-t1"]["ssim"], abs=6e-4)
+    # the fair baseline is the same every round, and it is the one medsynth-eval scores from the model file
+    assert len({(m.group(4), m.group(5), m.group(8), m.group(9)) for m in matches}) == 1
+    t1, t2 = (nib.load(p).get_fdata(dtype=np.float32) for p in (val_t1, val_t2))
+    fair = fair_baseline_translator(run / "model.pt").translate(val_t1, direction="t1-to-t2").array
+    expected = masked_metrics(fair, t2, (t1 > 0) & (t2 > 0))
+    assert float(matches[0].group(4)) == pytest.approx(expected["psnr"], abs=0.006)
+    assert float(matches[0].group(5)) == pytest.approx(expected["ssim"], abs=6e-4)
+    assert history[-1]["fair_baseline"]["t1-to-t2"]["psnr"] == pytest.approx(expected["psnr"], abs=1e-6)
+
+
 def test_torchrun_two_gloo_processes(tmp_path: Path, domains: tuple[Path, Path]) -> None:
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -219,8 +278,8 @@ def test_tiny_run_on_the_packaged_real_sample(tmp_path: Path) -> None:
     assert train_main(["--t1", str(SAMPLE_T1), "--t2", str(SAMPLE_T2), "--out", str(run), *TINY, "--steps", "2",
                        "--decay-steps", "0", "--axis", "coronal", "--sample-every", "2"]) == 0
     grid = np.asarray(PILImage.open(run / "samples" / "step_0000002.png"))
-    # one whole coronal slice per domain (x 240, z 155 -> 156), shown with superior up
-    assert grid.shape == (2 * (156 + 2) - 2, 3 * (240 + 2) - 2)
+    # one whole coronal slice per domain (x 240, z 155 -> 156), shown with superior up, not enlarged
+    assert _first_tile(grid, (156, 240), 2, 3).shape == (156, 240)
     assert torch.load(run / "model.pt", weights_only=True)["config"]["axis"] == "coronal"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import exit_on_error
 
@@ -14,11 +15,12 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``medsynth-demo``."""
     p = argparse.ArgumentParser(prog="medsynth-demo", description=main.__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("out_dir", nargs="?", default="medsynth-demo", help="folder for the NIfTI files and preview.png")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial")
-    p.add_argument("--model", default=None, help="another model.pt instead of the packaged one")
+    p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial",
+                   help="slicing axis; all = the three axes fused")
+    p.add_argument("--model", default=None, help="another model.pt (default: the packaged one)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
     return p
 
@@ -35,4 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     reporter.close()
     print(f"translated {result['input']} -> {result['output']} in {result['seconds']:.1f} s on {result['device']}")
     print(f"preview: {result['preview']}")
+    for note in result["notes"]:
+        print(f"note: {note}")
     return 0

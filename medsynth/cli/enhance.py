@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from medsynth.cli.formatter import HelpFormatter
 from medsynth.enhance import DENOISE_METHODS, SHARPEN_METHODS, STEPS, EnhanceConfig, enhance_file, preview_path
 from medsynth.errors import InputError, exit_on_error
 from medsynth.image2d import format_of
@@ -24,24 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medsynth-enhance",
         description="Enhance 2-D X-rays (PNG, JPEG, TIFF, DICOM) with a chain of classical filters. Prints one "
                     "JSON line per image with contrast, entropy and edge strength before and after.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument("input", help="image file, or a folder (searched recursively)")
     p.add_argument("output", help="output file; its suffix picks the format (.png .jpg .tif .dcm .nii.gz); "
                                   "a folder when INPUT is a folder")
-    p.add_argument("--steps", default="clahe", help=f"comma-separated, applied in order: {', '.join(STEPS)} "
-                                                     "(default: clahe)")
-    p.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit (default 0.01)")
-    p.add_argument("--clahe-tile", type=int, default=None, help="CLAHE tile size in pixels (default 1/8 image)")
-    p.add_argument("--denoise-method", default="nlmeans", choices=DENOISE_METHODS)
+    p.add_argument("--steps", default="clahe", help=f"comma-separated, applied in order: {', '.join(STEPS)}")
+    p.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit")
+    p.add_argument("--clahe-tile", type=int, default=None, help="CLAHE tile size in pixels (default: 1/8 of the image)")
+    p.add_argument("--denoise-method", default="nlmeans", choices=DENOISE_METHODS, help="denoising filter")
     p.add_argument("--denoise-strength", type=float, default=1.0, help="multiple of the estimated noise level")
-    p.add_argument("--sharpen-method", default="unsharp", choices=SHARPEN_METHODS)
-    p.add_argument("--sharpen-amount", type=float, default=1.0)
+    p.add_argument("--sharpen-method", default="unsharp", choices=SHARPEN_METHODS, help="sharpening filter")
+    p.add_argument("--sharpen-amount", type=float, default=1.0,
+                   help="how much of the sharpened detail is added (0: no change)")
     p.add_argument("--sharpen-radius", type=float, default=2.0, help="unsharp-mask radius in pixels")
-    p.add_argument("--gamma", type=float, default=0.8)
+    p.add_argument("--gamma", type=float, default=0.8, help="exponent of the gamma step (< 1 brightens, > 1 darkens)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
                    help="bits of PNG/TIFF/DICOM output (default: the input's); NIfTI is always float32")
     p.add_argument("--format", default="same", choices=OUTPUT_FORMATS,
-                   help="output format for folder input (default: each input's own)")
+                   help="output format for folder input (default: same, each input's own)")
     p.add_argument("--preview", action="store_true",
                    help="also write <output stem>_preview.png: before | after, 8-bit")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

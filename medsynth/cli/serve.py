@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from medsynth.cli.formatter import HelpFormatter
 from medsynth.errors import InputError, exit_on_error
 
 __all__ = ["build_parser", "main"]
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medsynth-serve",
         description="Serve medsynth models over HTTP: POST a volume to /infer, get its translation back.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--model",
@@ -30,21 +32,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="model file or training run folder; repeat for several (default: the packaged model). "
         "Named after the file's stem or, for model.pt, its run folder, unless NAME= is given",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every route but /health")
     auth.add_argument("--token-file", type=Path, help="read the token from this file (keeps it out of `ps`)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB (default 512)")
-    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the GPU (default 8)")
-    parser.add_argument("--workers", type=int, default=1, help="translations run at once (default 1)")
-    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default 8 on CPU, 64 on GPU)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--max-upload-mb", type=float, default=512, help="largest upload in MB")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait for the GPU")
+    parser.add_argument("--workers", type=int, default=1, help="translations run at once")
+    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: 4 on a CPU, 64 on a GPU)")
     parser.add_argument("--threads", type=int, help="CPU threads per translation (default: torch's, all cores)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere")
-    parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--tmp-dir", type=Path, help="folder for per-request temporary files (default: a new private folder in the system's temporary folder)")
+    parser.add_argument("--idle-timeout", type=float, default=30, metavar="SECONDS",
+                        help="drop an upload that sends nothing for this long (answer 408, close the connection)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="least severe log messages shown")
     return parser
 
 
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(str(args.port), "port must be in 0..65535")
     for option, value, low in (("--max-upload-mb", args.max_upload_mb, 1e-6), ("--queue-size", args.queue_size, 0),
                                ("--workers", args.workers, 1), ("--batch-size", args.batch_size, 1),
-                               ("--threads", args.threads, 1)):
+                               ("--threads", args.threads, 1), ("--idle-timeout", args.idle_timeout, 0.01)):
         if value is not None and value < low:
             raise InputError(f"{option} {value:g}", f"must be at least {low:g}")
     token = args.token
@@ -107,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             threads=args.threads,
             precision=args.precision,
+            idle_timeout=args.idle_timeout,
         )
         host, port = sock.getsockname()[:2]
         if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):

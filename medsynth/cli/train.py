@@ -8,8 +8,10 @@ from typing import Sequence
 
 from medsynth.config import (AXES, GENERATORS, RECIPES, RESIDUAL_INPUTS, RESIDUALS, ModelConfig, TrainConfig,
                              recipe_values)
+from medsynth.cli.formatter import HelpFormatter
 from medsynth.enhance import STEPS
 from medsynth.errors import InputError, exit_on_error
+from medsynth.io import find_files, kind_of_inputs
 
 __all__ = ["build_parser", "main"]
 
@@ -31,30 +33,40 @@ def build_parser() -> argparse.ArgumentParser:
                     + ", ".join(f"{k} {v}" for k, v in recipe_values("cpu", False).items())
                     + "; with --paired also " + ", ".join(f"{k} {v}" for k, v in recipe_values("cpu", True).items()
                                                           if k not in recipe_values("cpu", False))
-                    + ". The defaults shown below are the reference CycleGAN's, used with a GPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    + ". Each option's help gives the reference CycleGAN's default (used with a GPU) and, where it "
+                      "differs, the CPU recipe's.",
+        formatter_class=HelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--t1", nargs="+", metavar="SRC", help="T1 volumes: folders (recursive), globs or files")
-    g.add_argument("--t2", nargs="+", metavar="SRC", help="T2 volumes")
-    g.add_argument("--a", nargs="+", metavar="SRC", help="first domain (generic form, with --names)")
-    g.add_argument("--b", nargs="+", metavar="SRC", help="second domain")
-    g.add_argument("--names", default=None, help="domain names for --a/--b, e.g. mr,ct (default t1,t2)")
+    g.add_argument("--t1", nargs="+", metavar="SRC", help="T1 volumes, or 2D images: folders (recursive), globs or files")
+    g.add_argument("--t2", nargs="+", metavar="SRC", help="T2 volumes (or 2D images; the same kind as --t1)")
+    g.add_argument("--a", nargs="+", metavar="SRC", help="first domain (generic form, with --names): volumes or 2D images, as --t1")
+    g.add_argument("--b", nargs="+", metavar="SRC", help="second domain (the same kind of images as --a)")
+    g.add_argument("--names", default=None, help="domain names for --a/--b, e.g. mr,ct (default: t1,t2)")
     g.add_argument("--out", required=True, help="run folder (checkpoints, samples, tensorboard, model.pt)")
+    g.add_argument("--init", metavar="MODEL",
+                   help="start both generators (and each domain's intensity statistics) from this model.pt, run "
+                        "folder, or 'default' (the packaged model), e.g. to adapt it to a site's own pairs in "
+                        "minutes; network options not given are the model's")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (its inputs and options are kept)")
     g.add_argument("--axis", choices=AXES, default=d.axis, help="slicing axis (after reorientation to RAS)")
     g.add_argument("--size", type=int, default=d.size, help="slices are padded or cropped (never resized) to this")
     g.add_argument("--min-foreground", type=float, default=d.min_foreground,
                    help="skip slices whose foreground is below this fraction of the fullest slice's")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random affine augmentation")
-    g.add_argument("--no-flip", dest="flip", action="store_false", help="no random left-right flips")
-    g.add_argument("--enhance", default="", help="enhancement steps applied to the inputs, e.g. clahe,denoise")
+    g.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="turn off the random affine augmentation of training slices (on without this switch)")
+    g.add_argument("--no-flip", dest="flip", action="store_false",
+                   help="turn off the random left-right flips of training slices (on without this switch)")
+    g.add_argument("--enhance", default="",
+                   help=f"enhancement steps applied to the inputs, e.g. clahe,denoise; of {', '.join(STEPS)} "
+                        "(default: none)")
     g.add_argument("--paired", action="store_true",
                    help="the two sets are registered pairs, matched by case name (same shape and affine): both "
                         "images of a pair get the same slice and augmentation, and --lambda-paired x L1 joins the "
                         "objective")
     g.add_argument("--intensity-augment", action="store_true",
-                   help="random bias field, gamma, histogram shift and noise on the inputs")
+                   help="turn on random bias field, gamma, histogram shift and noise on the inputs (off without "
+                        "this switch)")
     g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
                    help="paired validation: source-domain volumes (matched to --val-t2 by case)")
     g.add_argument("--val-t2", "--val-b", dest="val_b", nargs="+", metavar="SRC", default=[],
@@ -62,11 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-every", type=int, default=d.val_every, help="steps between validation rounds")
     g.add_argument("--cache-dir", default=None, help="persist preprocessed volumes here (MONAI PersistentDataset)")
     n = p.add_argument_group("networks")
-    n.add_argument("--generator", choices=GENERATORS, default=m.generator)
+    n.add_argument("--generator", choices=GENERATORS, default=m.generator,
+                   help="generator network: ResNet with 9 or 6 residual blocks, or MONAI's U-Net")
     n.add_argument("--ngf", type=int, default=m.ngf, help="generator filters in the first layer")
     n.add_argument("--ndf", type=int, default=m.ndf, help="discriminator filters in the first layer")
     n.add_argument("--n-layers-d", type=int, default=m.n_layers_d, help="PatchGAN layers (3: 70x70 patches)")
-    n.add_argument("--norm", choices=("instance", "batch"), default=m.norm)
+    n.add_argument("--norm", choices=("instance", "batch"), default=m.norm, help="normalisation layers")
     n.add_argument("--dropout", type=float, default=m.dropout, help="dropout in the ResNet blocks")
     n.add_argument("--upsample", choices=("transpose", "nearest"), default=m.upsample,
                    help="ResNet upsampling: transposed convolution (reference) or nearest + convolution")
@@ -85,13 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="defaults for options not given: cpu (see above), reference, or auto (cpu without a GPU)")
     o.add_argument("--steps", type=int, default=d.steps, help="iterations in all")
     o.add_argument("--decay-steps", type=int, default=d.decay_steps,
-                   help="the last this many iterations decay the learning rate linearly to zero (default: half)")
-    o.add_argument("--batch-size", type=int, default=d.batch_size)
-    o.add_argument("--lr", type=float, default=d.lr)
-    o.add_argument("--beta1", type=float, default=d.beta1)
-    o.add_argument("--beta2", type=float, default=d.beta2)
+                   help="the last this many iterations decay the learning rate linearly to zero (default: half of "
+                        "--steps)")
+    o.add_argument("--batch-size", type=int, default=d.batch_size, help="slices per step and domain")
+    o.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate")
+    o.add_argument("--beta1", type=float, default=d.beta1, help="Adam beta1")
+    o.add_argument("--beta2", type=float, default=d.beta2, help="Adam beta2")
     o.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help="adversarial (LSGAN) weight; 0: none")
-    o.add_argument("--lambda-cycle", type=float, default=d.lambda_cycle)
+    o.add_argument("--lambda-cycle", type=float, default=d.lambda_cycle, help="cycle-consistency (L1) weight")
     o.add_argument("--lambda-identity", type=float, default=d.lambda_identity,
                    help="identity loss weight, as a fraction of --lambda-cycle")
     o.add_argument("--lambda-paired", type=float, default=d.lambda_paired,
@@ -103,18 +117,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
     r.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="no bf16 autocast (default: on CUDA, and on CPUs with native bf16)")
+                   help="turn off bf16 autocast (without this switch it is on with CUDA and on CPUs with native bf16)")
     r.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
     r.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    r.add_argument("--seed", type=int, default=d.seed)
+    r.add_argument("--seed", type=int, default=d.seed, help="random seed (weights, slices, augmentation)")
     r.add_argument("--workers", type=int, default=d.workers,
                    help="data loader worker processes (-1: 1 on a CPU, up to 4 with a GPU)")
     r.add_argument("--log-every", type=int, default=d.log_every, help="steps between loss logs")
     r.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between PNG sample grids")
-    r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    r.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
+    r.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="steps between checkpoints (checkpoints/latest.pt, for --resume)")
+    r.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints,
+                   help="numbered checkpoints (step_*.pt) kept, older ones deleted; 0 keeps them all")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_recipe_defaults(p)
     return p
+
+
+def _add_recipe_defaults(parser: argparse.ArgumentParser) -> None:
+    """Say in each option's help both defaults: the reference CycleGAN's and, where it differs, the CPU
+    recipe's (which applies without a GPU unless --recipe reference)."""
+    plain, paired = recipe_values("cpu", False), recipe_values("cpu", True)
+    for action in parser._actions:
+        if action.dest in plain:
+            note = f"CPU recipe: {plain[action.dest]}"
+        elif action.dest in paired:
+            note = f"CPU recipe with --paired: {paired[action.dest]}"
+        else:
+            continue
+        action.help = f"{action.help} (default: {action.default}; {note})"
 
 
 @exit_on_error
@@ -129,7 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError("--t1/--t2" if not generic else "--a/--b", "both domains are needed")
     names = _domain_names(args.names) if args.names else ("t1", "t2")
     if not args.resume:
+        # a 2D/3D mix is refused from the file names, before torch is even imported (training checks it again)
+        kind_of_inputs(find_files(a, what="any") + find_files(b, what="any"))
+    if not args.resume:
         _apply_recipe(args, _given_options(argv))
+    if args.init:
+        _apply_init(args, _given_options(argv))
     config = TrainConfig(
         a=list(a or []), b=list(b or []), names=names, out=args.out,
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
@@ -146,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
+    config.init = args.init or ""
     if config.enhance:
         unknown = [s for s in config.enhance if s not in STEPS]
         if unknown:
@@ -177,6 +214,25 @@ def _given_runtime_options(argv: Sequence[str] | None) -> list[str]:
 
     given = _given_options(argv)
     return [key for key in RUNTIME_OPTIONS if key in given]
+
+
+def _apply_init(args: argparse.Namespace, given: set[str]) -> None:
+    """``--init``: the network options not given are the model's; one given that differs is refused (naming it)."""
+    from medsynth.config import model_config_from_dict
+    from medsynth.inference import default_model_path, read_model_file  # torch: only with --init
+    from medsynth.training import INIT_OPTIONS
+
+    if args.resume:
+        raise InputError("--init", "a resumed run continues from its own checkpoint: leave --init out")
+    path = default_model_path() if args.init == "default" else args.init
+    theirs = model_config_from_dict(read_model_file(path).get("config", {}).get("model", {}))
+    for key in (*INIT_OPTIONS, "dropout"):
+        value = getattr(theirs, key)
+        if key not in given:
+            setattr(args, key, value)
+        elif getattr(args, key) != value and key != "dropout":  # dropout has no weights: a run may change it
+            raise InputError(f"--{key.replace('_', '-')}", f"{getattr(args, key)} differs from the --init model's "
+                                                           f"{value} ({path}): leave it out to take the model's")
 
 
 def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:

@@ -27,6 +27,7 @@ import time
 import traceback
 from typing import Any, Sequence
 
+from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m medsynth worker",
         description="Translate volumes named one JSON line at a time on stdin, keeping the model loaded.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",

@@ -1,0 +1,79 @@
+"""medsynth.lesions: synthetic oedema-like blobs, dark in T1 and bright in T2, pasted into paired training slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from medsynth.lesions import paste_lesions
+
+
+def residual_pair(size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """A T1-like and a T2-like slice in the residual layout [image, base, standardised]; each base is a known
+    decreasing map of its image, as the inverted histogram match is."""
+    yy, xx = np.mgrid[:size, :size]
+    head = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.45 * size) ** 2
+    rng = np.random.default_rng(0)
+    t1 = np.where(head, 0.2 + 0.4 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.05 * rng.normal(size=head.shape), -1.0)
+    t2 = np.where(head, -0.8 * t1 + 0.1, -1.0)
+
+    def layout(x: np.ndarray) -> torch.Tensor:
+        base = np.where(head, -0.7 * x - 0.05, -1.0)  # monotone decreasing in x
+        return torch.from_numpy(np.stack([x, base, 0.9 * x]).astype(np.float32))
+
+    return layout(t1), layout(t2)
+
+
+def test_blobs_are_dark_in_t1_bright_in_t2_and_the_base_follows() -> None:
+    a, b = residual_pair()
+    before = (a.clone(), b.clone())
+    a2, b2 = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2))
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])  # inputs are not modified
+    changed = (a2[0] - a[0]).abs() > 0.05
+    assert changed.sum() > 20
+    # both images change at the same place, T1 darker and T2 brighter there
+    assert ((b2[0] - b[0]).abs() > 0.05)[changed].float().mean() > 0.8
+    assert (a2[0] - a[0])[changed].mean() < -0.1 and (b2[0] - b[0])[changed].mean() > 0.1
+    # the standardised channel gets the blob too, and the base is the same decreasing map of the new image
+    assert (a2[2] - a[2])[changed].mean() < -0.1
+    head = a[0] > -1
+    np.testing.assert_allclose(a2[1][head].numpy(), (-0.7 * a2[0][head] - 0.05).numpy(), atol=0.02)
+    np.testing.assert_allclose(b2[1][head].numpy(), (-0.7 * b2[0][head] - 0.05).numpy(), atol=0.02)
+    # background stays background; the same seed gives the same blobs
+    assert torch.all(a2[:, ~head] == a[:, ~head]) and torch.all(b2[:, ~head] == b[:, ~head])
+    again = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2))
+    assert torch.equal(again[0], a2) and torch.equal(again[1], b2)
+
+
+def test_training_samples_get_blobs_only_when_asked(tmp_path: Path) -> None:
+    from conftest import phantom
+
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.training import DomainData, SliceDataset, prepare_domains
+
+    for i in range(2):
+        t1 = phantom((30, 34, 12), i, "t1")
+        for name, data in (("t1", t1), ("t2", np.where(t1 > 0, 2000.0 - t1, 0).astype(np.float32))):
+            path = tmp_path / name / f"case{i}_{name}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
+    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+    model = ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base")
+    plain_config = TrainConfig(size=24, paired=True, model=model)
+    pairs, _ = prepare_domains(a, b, plain_config)
+    plain = SliceDataset(a, b, plain_config, pairs)
+    blobs = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model, lesion_augment=1.0), pairs)
+    differs = 0
+    for k in range(6):
+        p, q = plain[k], blobs[k]
+        assert p["a"].shape == q["a"].shape == (3, 24, 24)
+        # the same slice and crop (the blobs draw from their own generator), darker T1 and brighter T2 where changed
+        changed = (q["a"][0] - p["a"][0]).abs() > 0.05
+        if changed.any():
+            differs += 1
+            assert (q["a"][0] - p["a"][0])[changed].mean() < 0 < (q["b"][0] - p["b"][0])[changed].mean()
+    assert differs >= 4
