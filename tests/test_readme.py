@@ -2,8 +2,10 @@
 
 The copy holds what a clone holds (tracked files and new files git does not ignore) and gets its own virtual
 environment, which sees the packages already installed here (``--system-site-packages``), so that the README's
-own ``pip install`` lines run for real but download nothing new. Blocks run in page order in one work folder
-(README first, then the docs pages by name), so a block may use what an earlier block of its page wrote.
+own ``pip install`` lines run for real but download nothing new (and build medsynth without an isolated build
+environment, ``PIP_NO_BUILD_ISOLATION=0``: the same package, without fetching setuptools for every install).
+Blocks run in page order in one work folder (README first, then the docs pages by name), so a block may use what
+an earlier block of its page wrote.
 
 A line ``<!-- test: ... -->`` right above a block says how to treat it:
 
@@ -117,7 +119,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str | Path]
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv), STEPS="4",
-               PORT=str(_free_port()), PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="1")
+               PORT=str(_free_port()), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_BUILD_ISOLATION="0", PYTHONDONTWRITEBYTECODE="1")
     return {"repo": repo, "env": env, "python": str(venv / "bin" / "python")}
 
 
