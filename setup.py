@@ -33,9 +33,10 @@ setup(
         "server": ["fastapi>=0.110", "uvicorn>=0.27", "python-multipart>=0.0.9"],
         "slicer-test": ["slicer-core>=5.13"],
         "dev": ["pytest>=7", "httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.27",
-                "python-multipart>=0.0.9", "fire>=0.5"],
-        # `python -m monai.bundle run` (an exported bundle) needs MONAI's optional command-line dependency
-        "bundle": ["fire>=0.5"],
+                "python-multipart>=0.0.9", "fire>=0.5", "jsonschema>=4"],
+        # `python -m monai.bundle run` (an exported bundle) needs MONAI's optional command-line dependency, and
+        # `monai.bundle.verify_metadata` its optional JSON-schema checker
+        "bundle": ["fire>=0.5", "jsonschema>=4"],
     },
     entry_points={
         "console_scripts": [
