@@ -387,7 +387,7 @@ def test_enhanced_input_round_trips_as_classic_files(tmp_path: Path, identity_mo
     assert frames == list(range(1, SHAPE[2] + 1))
 
 
-def test_a_batch_of_series_folders_is_written_as_nifti(tmp_path: Path, identity_model: Path) -> None:
+def test_a_batch_of_series_folders_is_written_as_nifti(tmp_path: Path, identity_model: Path, capsys) -> None:
     a = write_classic(tmp_path / "in" / "p1" / "t1")
     write_enhanced(tmp_path / "in" / "p2" / "enh.dcm")
     assert convert_main([str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(identity_model),
@@ -395,6 +395,12 @@ def test_a_batch_of_series_folders_is_written_as_nifti(tmp_path: Path, identity_
     one = load_image(tmp_path / "out" / "p1" / "t1.nii.gz")
     np.testing.assert_allclose(one.affine, a["affine"], atol=1e-4)
     assert load_image(tmp_path / "out" / "p2.nii.gz").array.shape == SHAPE
+    # run again: both series outputs exist under their NIfTI names, so both are skipped, none rewritten
+    written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.nii.gz")}
+    assert convert_main([str(tmp_path / "in"), str(tmp_path / "out"), "--model", str(identity_model),
+                         "--progress", "none"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*.nii.gz")} == written
+    assert "skipped 2 existing" in capsys.readouterr().err
 
 
 def test_write_series_refuses_a_non_dicom_reference(tmp_path: Path, make_volume) -> None:

@@ -99,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # under torchrun each rank takes every world-th file, its outputs placed from the whole list (a share
         # has another common folder), and leaves the outputs that exist (an earlier, interrupted job's)
         inputs, outputs, skipped = _my_share(inputs, Path(args.output), dist_rank, dist_world, args.overwrite)
-        # a DICOM series among the inputs (its folder, or an enhanced file) is written as NIfTI
-        outputs = [_series_output(i, o) for i, o in zip(inputs, outputs)]
     elif dist_rank > 0:
         return 0  # one file under torchrun: rank 0 translates it
     reporter = Reporter(args.progress, len(inputs))
@@ -153,7 +151,10 @@ def _my_share(inputs: list[Path], output_dir: Path, rank: int, world: int,
     ``overwrite``), and how many those were. An output that would replace its input stays, to fail there."""
     from medsynth.inference import output_paths
 
-    inputs, outputs = inputs[rank::world], output_paths(inputs, output_dir)[rank::world]
+    # a DICOM series among the inputs (its folder, or an enhanced file) is written as NIfTI: named so before the
+    # existence check, so that a job run again skips the series it already wrote
+    outputs = [_series_output(i, o) for i, o in zip(inputs, output_paths(inputs, output_dir))]
+    inputs, outputs = inputs[rank::world], outputs[rank::world]
     todo = [(i, o) for i, o in zip(inputs, outputs)
             if overwrite or not o.is_file() or (i.exists() and os.path.samefile(i, o))]
     return [i for i, _ in todo], [o for _, o in todo], len(inputs) - len(todo)
