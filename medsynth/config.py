@@ -100,8 +100,17 @@ class TrainConfig:
     extra_b: list[str] = field(default_factory=list)
     augment: bool = True
     intensity_augment: bool = False
-    #: probability that a paired sample gets synthetic oedema-like blobs (T1-dark, T2-bright; ``medsynth.lesions``)
+    #: probability that a paired sample gets synthetic oedema-like blobs (T1 moderately dark, T2 bright;
+    #: ``medsynth.lesions``)
     lesion_augment: float = 0.0
+    #: range of the T1 foreground quantile a synthetic oedema takes (0.12-0.40: about grey matter's level)
+    lesion_dark: tuple[float, float] = (0.12, 0.40)
+    #: probability that a synthetic oedema gets a core, bright in T1 and intermediate grey in T2
+    lesion_core: float = 0.5
+    #: with ``intensity_augment`` and a residual generator: the random bias field, contrast change and noise reach
+    #: the base the network sees (its base is re-derived from the augmented image, rank for rank, as conversion's
+    #: histogram match of a whole volume would give), not only the image channel the base was already taken from
+    augment_base: bool = False
     flip: bool = True
     enhance: list[str] = field(default_factory=list)
     seed: int = 0

@@ -1,16 +1,19 @@
-"""Lesion-aware augmentation: synthetic oedema-like blobs pasted into paired training slices.
+"""Lesion-aware augmentation: synthetic tumour-like lesions pasted into paired training slices.
 
 Two training patients show the network one or two real lesions; a model trained on them renders an unseen
 patient's oedema too dark in T2 (``scripts/results/study_lesion.md``). :func:`paste_lesions` adds, to both images
-of a registered pair at the same place, a few blobs with smooth borders that are dark in the first domain (T1) and
-bright in the second (T2), as oedema is, keeping a damped copy of the tissue's texture. The levels are drawn from
-each slice's own histogram (a low quantile of the T1, a high one of the T2), so the blobs need no knowledge of a
+of a registered pair at the same place, a few blobs with smooth borders that look as a tumour's oedema does:
+only moderately dark in the first domain (T1: about grey matter's level, brighter than CSF) and nearly as bright
+as CSF in the second (T2). No monotone map of T1 intensities can produce that, which is the point: the pair
+teaches the correction network what the base cannot know. With probability ``core`` the largest blob also gets a
+core, bright in T1 (an enhancing tumour) and intermediate grey in T2. Each blob keeps a damped copy of the
+tissue's texture. Levels are drawn as quantiles of each slice's own foreground, so the blobs need no knowledge of a
 scanner's units.
 
 Channel layout (see :meth:`medsynth.training.DomainData.add_base`): ``[image, base, (context bases...),
 standardised]`` for residual generators, ``[image]`` otherwise. The image and the standardised channel get the
-blob; the base (the inverted histogram match of the image, a monotone decreasing map of it) is recomputed from the
-new image through that same map, read off the slice itself. Context channels (2.5D) are left as they are.
+lesion; the base (the inverted histogram match of the image, a monotone decreasing map of it) is recomputed from
+the new image through that same map, read off the slice itself. Context channels (2.5D) are left as they are.
 
 Example:
     >>> a, b = paste_lesions(a, b, np.random.default_rng(0))     # doctest: +SKIP
@@ -45,29 +48,38 @@ def _remap(old: np.ndarray, new: np.ndarray, mapped: np.ndarray, where: np.ndarr
     return out
 
 
-def _with_blob(x: np.ndarray, weight: np.ndarray, quantile: float, fg: np.ndarray, texture: float) -> np.ndarray:
-    """``x`` blended towards its own foreground ``quantile`` under ``weight``, keeping ``texture`` x the blob's
-    local deviations from its mean."""
+def _inside(x: np.ndarray, weight: np.ndarray, quantile: float, fg: np.ndarray, texture: float) -> np.ndarray:
+    """What a blob puts in place of ``x``: its own foreground ``quantile``, plus ``texture`` x the tissue's local
+    deviations from its mean under the blob."""
     level = float(np.quantile(x[fg], quantile))
     inside = weight > 0.5
     mean = float(x[inside].mean()) if inside.any() else level
-    return (1.0 - weight) * x + weight * (level + texture * (x - mean))
+    return level + texture * (x - mean)
 
 
 def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, count: tuple[int, int] = (1, 3),
-                  radius: tuple[float, float] = (4.0, 16.0), dark: tuple[float, float] = (0.03, 0.25),
-                  bright: tuple[float, float] = (0.85, 0.98), texture: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paste ``count`` oedema-like blobs into a registered pair of training slices ``a`` (T1-like) and ``b``.
+                  radius: tuple[float, float] = (4.0, 16.0), dark: tuple[float, float] = (0.12, 0.40),
+                  bright: tuple[float, float] = (0.85, 0.98), texture: float = 0.3,
+                  softness: tuple[float, float] = (3.0, 8.0), core: float = 0.0,
+                  core_a: tuple[float, float] = (0.85, 0.99), core_b: tuple[float, float] = (0.35, 0.65),
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste ``count`` oedema-like blobs (and perhaps a core) into a registered pair of training slices.
 
     Args:
-        a: the first domain's sample, (C, H, W), normalised (background -1).
-        b: the second domain's sample, the same place, (C', H, W).
-        rng: the random generator (seeded per sample by the dataset, so resumed runs see the same blobs).
+        a: the first domain's sample (T1-like), (C, H, W), normalised (background -1).
+        b: the second domain's sample (T2-like), the same place, (C', H, W).
+        rng: the random generator (seeded per sample by the dataset, so resumed runs see the same lesions).
         count: fewest and most blobs.
         radius: smallest and largest semi-axis in pixels.
-        dark: range of the foreground quantile of ``a`` a blob takes (T1: darker than white and grey matter).
-        bright: range of the foreground quantile of ``b`` a blob takes (T2: bright, as oedema).
+        dark: range of the foreground quantile of ``a`` an oedema blob takes (the default, 0.12-0.40, is about grey
+            matter's level in T1: darker than white matter, brighter than CSF).
+        bright: range of the foreground quantile of ``b`` an oedema blob takes (nearly CSF-bright in T2).
         texture: fraction of the underlying tissue's texture kept inside a blob.
+        softness: range of the border's steepness (the weight falls from 1 to 0 over about 1 / softness of the
+            radius).
+        core: probability that the largest blob gets a core of 0.3-0.6 its size.
+        core_a: range of the foreground quantile of ``a`` the core takes (bright in T1, as an enhancing tumour).
+        core_b: range of the foreground quantile of ``b`` the core takes (intermediate grey in T2).
 
     Returns:
         New ``(a, b)`` tensors (inputs unchanged); the same ones when the slice has no foreground.
@@ -78,19 +90,31 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
         return a, b
     ys, xs = np.nonzero(fg)
     weight = np.zeros(fg.shape, np.float32)
+    largest: tuple[float, tuple[int, int], tuple[float, float], float] | None = None
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
         k = int(rng.integers(len(ys)))
         radii = (float(rng.uniform(*radius)), float(rng.uniform(*radius)))
-        blob = _blob(fg.shape, (ys[k], xs[k]), radii, float(rng.uniform(0, np.pi)), float(rng.uniform(3, 8)))
+        angle = float(rng.uniform(0, np.pi))
+        blob = _blob(fg.shape, (ys[k], xs[k]), radii, angle, float(rng.uniform(*softness)))
         weight = np.maximum(weight, blob.astype(np.float32))
+        if largest is None or radii[0] * radii[1] > largest[0]:
+            largest = (radii[0] * radii[1], (int(ys[k]), int(xs[k])), radii, angle)
     weight *= fg
-    q_dark, q_bright = float(rng.uniform(*dark)), float(rng.uniform(*bright))
+    levels = [(weight, float(rng.uniform(*dark)), float(rng.uniform(*bright)))]
+    if core > 0 and largest is not None and rng.random() < core:
+        scale = float(rng.uniform(0.3, 0.6))
+        inner = _blob(fg.shape, largest[1], (largest[2][0] * scale, largest[2][1] * scale), largest[3],
+                      float(rng.uniform(*softness))).astype(np.float32) * fg
+        levels.append((inner, float(rng.uniform(*core_a)), float(rng.uniform(*core_b))))
     out = []
-    for x, q in ((xa, q_dark), (xb, q_bright)):
+    for i, x in enumerate((xa, xb)):
         y = x.copy()
-        y[0] = _with_blob(x[0], weight, q, fg, texture)
+        for w, qa, qb in levels:
+            # levels and texture are read off the clean slice, so a core does not inherit the oedema's level
+            y[0] = (1.0 - w) * y[0] + w * _inside(x[0], w, qa if i == 0 else qb, fg, texture)
+            if x.shape[0] >= 3:
+                y[-1] = (1.0 - w) * y[-1] + w * _inside(x[-1], w, qa if i == 0 else qb, fg, texture)
         if x.shape[0] >= 3:
-            y[-1] = _with_blob(x[-1], weight, q, fg, texture)
             # the base is the inverted histogram match of the image: the same monotone map, applied to the new image
             y[1] = _remap(x[0], y[0], x[1], fg)
         out.append(torch.from_numpy(y).to(a.dtype))

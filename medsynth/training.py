@@ -205,6 +205,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs) if pairs else None
         self.intensity = intensity_augment_transform("image") if config.intensity_augment else None
         self.lesion_augment = float(config.lesion_augment)
+        self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core)}
+        self.augment_base = bool(config.augment_base)
         if self.pairs is not None:
             axis = "axial" if a.is_2d else config.axis
             self.stacked = [torch.cat([a.volumes[i], b.volumes[j]]) for i, j in self.pairs]
@@ -240,7 +242,8 @@ class SliceDataset(torch.utils.data.Dataset):
                 from medsynth.lesions import paste_lesions
 
                 # into inputs and targets alike: the clean targets below are these images
-                out["a"], out["b"] = paste_lesions(out["a"], out["b"], np.random.default_rng([self.seed, k, 1]))
+                out["a"], out["b"] = paste_lesions(out["a"], out["b"], np.random.default_rng([self.seed, k, 1]),
+                                                   **self.lesion_options)
             if self.intensity is not None:
                 out["a_target"], out["b_target"] = out["a"], out["b"]
         else:
@@ -255,8 +258,41 @@ class SliceDataset(torch.utils.data.Dataset):
                 # the image channel only: a base channel is the clean volume's, as at conversion
                 self.intensity.set_random_state(seed=int(s))
                 image = _plain(self.intensity({"image": out[name][:1]})["image"])
-                out[name] = torch.cat([image, out[name][1:]])
+                rest = out[name][1:]
+                if self.augment_base and out[name].shape[0] >= 3:
+                    rest = rest.clone()
+                    rest[0] = rank_base(image[0], out[name][1])
+                out[name] = torch.cat([image, rest])
         return out
+
+
+def rank_base(image: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """The base of an intensity-augmented slice: the clean slice's base values handed out by the augmented image's
+    rank (brightest image pixel, darkest base value: the map is inverted).
+
+    Conversion computes the base by matching a whole volume's histogram, which undoes any global monotone change
+    of contrast; what it cannot undo, and what the network must learn to live with, is what changes the order of
+    the pixels: a smooth bias field, noise. Re-ranking keeps exactly that and drops the rest.
+
+    Args:
+        image: the augmented image channel, (H, W), background -1.
+        base: the clean slice's base channel, (H, W).
+
+    Returns:
+        The new base, (H, W); background pixels keep ``base``'s values.
+    """
+    from medsynth.intensity import BACKGROUND_LEVEL
+
+    fg = image > BACKGROUND_LEVEL
+    if not bool(fg.any()):
+        return base
+    values = torch.sort(base[fg], descending=True).values
+    order = torch.argsort(image[fg], stable=True)
+    ranked = torch.empty_like(values)
+    ranked[order] = values
+    out = base.clone()
+    out[fg] = ranked
+    return out
 
 
 def _plain(x: Any) -> torch.Tensor:

@@ -90,9 +90,19 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim100_gate10": _ssim30(lambda_ssim=100.0, model={"gate_scale": 10.0}),
     "ssim30_gate10_dropout": _ssim30(model={"gate_scale": 10.0, "dropout": 0.5}),
     "ssim30_gate10_2052": _ssim30(steps=2052, model={"gate_scale": 10.0}),
-    # the packaged recipe with synthetic oedema-like blobs (T1-dark, T2-bright, smooth borders; medsynth.lesions) in
-    # half the paired samples: two training patients show too few lesions (scripts/results/study_lesion.md)
+    # the packaged recipe with synthetic tumour-like lesions (medsynth.lesions: oedema at grey matter's T1 level and
+    # CSF-bright in T2, half with a T1-bright, T2-grey core; smooth borders) in half the paired samples: two training
+    # patients show too few lesions (scripts/results/study_lesion.md)
     "ssim30_gate10_lesions": _ssim30(lesion_augment=0.5, model={"gate_scale": 10.0}),
+    # the first blobs (medsynth.lesions before tumour-like levels): T1 as dark as CSF (quantile 0.03-0.25), no cores;
+    # a monotone map already renders such a blob bright, so they teach little (run as ssim30_gate10_lesions then)
+    "ssim30_gate10_lesions_csf": _ssim30(lesion_augment=0.5, lesion_dark=[0.03, 0.25], lesion_core=0.0,
+                                         model={"gate_scale": 10.0}),
+    # intensity augmentation that reaches the base the network sees (--augment-base): before it, the bias field,
+    # contrast and noise changed only the image channel, which a network reading the base never looks at
+    "ssim30_gate10_augbase": _ssim30(augment_base=True, model={"gate_scale": 10.0}),
+    # both: tumour-like lesions (oedema at grey matter's T1 level, half with a T1-bright core) and --augment-base
+    "ssim30_gate10_augbase_lesions": _ssim30(augment_base=True, lesion_augment=0.5, model={"gate_scale": 10.0}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},

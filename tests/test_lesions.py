@@ -30,7 +30,8 @@ def residual_pair(size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
 def test_blobs_are_dark_in_t1_bright_in_t2_and_the_base_follows() -> None:
     a, b = residual_pair()
     before = (a.clone(), b.clone())
-    a2, b2 = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2))
+    # CSF-dark blobs (the first version's levels), so that every changed T1 pixel gets darker
+    a2, b2 = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2), dark=(0.03, 0.25))
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])  # inputs are not modified
     changed = (a2[0] - a[0]).abs() > 0.05
     assert changed.sum() > 20
@@ -44,7 +45,7 @@ def test_blobs_are_dark_in_t1_bright_in_t2_and_the_base_follows() -> None:
     np.testing.assert_allclose(b2[1][head].numpy(), (-0.7 * b2[0][head] - 0.05).numpy(), atol=0.02)
     # background stays background; the same seed gives the same blobs
     assert torch.all(a2[:, ~head] == a[:, ~head]) and torch.all(b2[:, ~head] == b[:, ~head])
-    again = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2))
+    again = paste_lesions(a, b, np.random.default_rng(3), count=(2, 2), dark=(0.03, 0.25))
     assert torch.equal(again[0], a2) and torch.equal(again[1], b2)
 
 
@@ -66,7 +67,9 @@ def test_training_samples_get_blobs_only_when_asked(tmp_path: Path) -> None:
     plain_config = TrainConfig(size=24, paired=True, model=model)
     pairs, _ = prepare_domains(a, b, plain_config)
     plain = SliceDataset(a, b, plain_config, pairs)
-    blobs = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model, lesion_augment=1.0), pairs)
+    # the darkest T1 levels and no cores, so that the T1 gets darker wherever a blob lands
+    blobs = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model, lesion_augment=1.0,
+                                           lesion_dark=(0.0, 0.05), lesion_core=0.0), pairs)
     differs = 0
     for k in range(6):
         p, q = plain[k], blobs[k]
@@ -77,3 +80,44 @@ def test_training_samples_get_blobs_only_when_asked(tmp_path: Path) -> None:
             differs += 1
             assert (q["a"][0] - p["a"][0])[changed].mean() < 0 < (q["b"][0] - p["b"][0])[changed].mean()
     assert differs >= 4
+
+
+def _plateau(x: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The pixels of ``where`` holding the most frequent value of ``x`` there (a texture-free blob's flat inside)."""
+    values, counts = torch.unique(torch.round(x[where] * 1e5), return_counts=True)
+    return where & (torch.round(x * 1e5) == values[counts.argmax()])
+
+
+def test_oedema_sits_at_grey_matter_level_in_t1_and_cores_are_t1_bright_t2_grey() -> None:
+    a, b = residual_pair(64)
+    head = a[0] > -1
+
+    def q(x: torch.Tensor, p: float) -> float:
+        return float(np.quantile(x[0][head].numpy(), p))
+
+    # (sharp borders: a blob's inside is flat at its level) no core: inside a blob T1 sits between the 0.12 and 0.40 quantiles (not CSF-dark), T2 near the top
+    a2, b2 = paste_lesions(a, b, np.random.default_rng(5), count=(1, 1), radius=(10, 10), texture=0.0,
+                           softness=(60, 60))
+    flat = _plateau(a2[0], ((a2[0] - a[0]).abs() > 1e-3) & head)
+    assert flat.sum() > 20
+    assert q(a, 0.12) - 1e-3 <= float(a2[0][flat].mean()) <= q(a, 0.40) + 1e-3
+    assert float(b2[0][flat].min()) >= q(b, 0.85) - 1e-3
+    # with a core: its flat inside is T1-bright (above the 0.85 quantile) and T2 intermediate (0.35-0.65)
+    found = 0
+    for seed in range(10):
+        a3, b3 = paste_lesions(a, b, np.random.default_rng(seed), count=(1, 1), radius=(14, 14), texture=0.0,
+                               softness=(60, 60), core=1.0)
+        bright = head & (a3[0] >= q(a, 0.85) - 1e-3) & ((a3[0] - a[0]).abs() > 1e-3)
+        if bright.sum() < 5:
+            continue
+        core = _plateau(a3[0], bright)
+        found += 1
+        assert q(b, 0.35) - 1e-3 <= float(b3[0][core].min()) <= float(b3[0][core].max()) <= q(b, 0.65) + 1e-3
+        # and the base follows the new T1 through the slice's own decreasing map
+        np.testing.assert_allclose(a3[1][head].numpy(), (-0.7 * a3[0][head] - 0.05).numpy(), atol=0.02)
+    assert found >= 5
+    # the first, CSF-dark blobs on request; without a core the draws are those of the same seed before
+    old, old_b = paste_lesions(a, b, np.random.default_rng(5), count=(1, 1), radius=(10, 10), texture=0.0,
+                           softness=(60, 60), dark=(0.03, 0.25))
+    assert torch.equal(old_b, b2)  # the same blob, the same T2 level: only the T1 level differs
+    assert float(old[0][flat].mean()) <= q(a, 0.25) + 1e-3

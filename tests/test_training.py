@@ -503,3 +503,48 @@ def test_context_needs_a_residual_network_on_the_base(tmp_path: Path, capsys: py
     a, b = _pair(tmp_path, "case0")
     line = _bad(tmp_path, capsys, [str(a)], [str(b)], ("--paired", "--residual", "none", "--context", "1"))
     assert "--context" in line and "residual" in line
+
+
+def test_rank_base_keeps_what_a_histogram_match_cannot_undo() -> None:
+    from medsynth.training import rank_base
+
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    head = (yy - 20) ** 2 + (xx - 20) ** 2 < 15**2
+    image = torch.where(head, torch.sin(yy / 4) * 0.5, torch.tensor(-1.0))
+    base = torch.where(head, -0.8 * image + 0.1, torch.tensor(-1.0))  # decreasing in the image, as the real base
+    # a global monotone change (gamma-like) is undone: the base comes back as it was
+    gamma = torch.where(head, (image + 1) ** 1.6 / 2 ** 0.6 - 1, image)
+    np.testing.assert_allclose(rank_base(gamma, base).numpy(), base.numpy(), atol=1e-6)
+    # a bias field reorders pixels: the base follows the biased image (darker base where the image got brighter),
+    # with the clean base's values only (its histogram kept) and the background untouched
+    biased = torch.where(head, image + 0.6 * (xx - 20) / 20, image)
+    new = rank_base(biased, base)
+    assert torch.equal(new[~head], base[~head])
+    np.testing.assert_allclose(np.sort(new[head].numpy()), np.sort(base[head].numpy()))
+    right, left = head & (xx > 28), head & (xx < 12)
+    assert (new - base)[right].mean() < -0.1 < 0.1 < (new - base)[left].mean()
+
+
+def test_augment_base_lets_the_intensity_changes_reach_the_base(tmp_path: Path) -> None:
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.training import DomainData, SliceDataset, prepare_domains
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
+    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+    model = ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base")
+    old_config = TrainConfig(size=24, paired=True, model=model, intensity_augment=True)
+    pairs, _ = prepare_domains(a, b, old_config)
+    old = SliceDataset(a, b, old_config, pairs)
+    new = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model, intensity_augment=True,
+                                         augment_base=True), pairs)
+    reached = 0
+    for k in range(10):
+        p, q = old[k], new[k]
+        # the same slice, the same augmented image, the same clean targets
+        assert torch.equal(p["a"][0], q["a"][0]) and torch.equal(p["a_target"], q["a_target"])
+        # without --augment-base the base is the clean one: the network (which reads the base) never saw the change
+        assert torch.equal(p["a"][1], p["a_target"][1])
+        reached += int(not torch.allclose(q["a"][1], q["a_target"][1], atol=1e-3))
+    assert reached >= 4
