@@ -185,7 +185,8 @@ CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "ups
 #: added to :data:`CPU_RECIPE` for ``--paired`` data
 CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base",
                                      "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
-                                     "lambda_ssim": 30.0, "gate_scale": 10.0}
+                                     "lambda_ssim": 30.0, "gate_scale": 10.0,
+                                     "intensity_augment": True, "augment_base": True, "lesion_augment": 0.5}
 RECIPES = ("auto", "cpu", "reference")
 
 

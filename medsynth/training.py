@@ -899,7 +899,15 @@ class Plan:
             objective.append("cycle" + (" + identity" if c.lambda_identity > 0 else ""))
         if self.pairs is not None and c.lambda_paired > 0:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
-                             + f" ({len(self.pairs)} pairs)")
+                             + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''})")
+        augmented = []
+        if c.intensity_augment:
+            reaches = c.augment_base and m.residual == "invert" and m.residual_input == "base"
+            augmented.append("intensity augmentation" + (" (into the base)" if reaches else ""))
+        if self.pairs is not None and c.lesion_augment > 0:
+            augmented.append(f"synthetic lesions in {c.lesion_augment:.0%} of pairs")
+        if augmented:
+            objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
         done = f", resuming at {self.start}" if self.start else ""
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"
         validation = (f"; validation every {every} and at the end on {self.val_pairs} "

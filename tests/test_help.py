@@ -106,7 +106,10 @@ def test_train_help_gives_the_cpu_recipe_value_beside_the_reference_default():
     for paired in (False, True):
         for key, value in recipe_values("cpu", paired).items():
             text = rendered(parser, by_dest[key])
-            assert str(by_dest[key].default) in text and f"CPU recipe{' with --paired' if paired and key not in recipe_values('cpu', False) else ''}: {value}" in text, text
+            default = by_dest[key].default
+            if isinstance(value, bool):  # switches say on/off
+                default, value = ("on" if default else "off"), ("on" if value else "off")
+            assert f"default: {default}" in text and f"CPU recipe{' with --paired' if paired and key not in recipe_values('cpu', False) else ''}: {value}" in text, text
 
 
 def test_help_of_every_command_exits_0_quickly_without_torch():

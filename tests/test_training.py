@@ -548,3 +548,21 @@ def test_augment_base_lets_the_intensity_changes_reach_the_base(tmp_path: Path) 
         assert torch.equal(p["a"][1], p["a_target"][1])
         reached += int(not torch.allclose(q["a"][1], q["a_target"][1], atol=1e-3))
     assert reached >= 4
+
+
+def test_plan_line_says_which_augmentations_run() -> None:
+    from medsynth.config import CPU_PAIRED_RECIPE, ModelConfig, TrainConfig
+    from medsynth.training import Plan
+
+    model = ModelConfig(generator="resnet6", residual="invert", residual_input="base")
+    config = TrainConfig(paired=True, model=model, lambda_adv=0, lambda_cycle=0, lambda_ssim=30, steps=10,
+                         intensity_augment=True, augment_base=True, lesion_augment=0.5)
+    line = Plan(config, torch.device("cpu"), False, 1, pairs=[(0, 0), (1, 1)]).line()
+    assert ("paired L1 x 10 + SSIM x 30 (2 pairs), intensity augmentation (into the base) and synthetic lesions "
+            "in 50% of pairs;") in line
+    config.augment_base, config.lesion_augment = False, 0.0
+    line = Plan(config, torch.device("cpu"), False, 1, pairs=[(0, 0)]).line()
+    assert "(1 pair), intensity augmentation;" in line and "lesions" not in line
+    # the CPU recipe with --paired turns both on
+    assert CPU_PAIRED_RECIPE["augment_base"] and CPU_PAIRED_RECIPE["intensity_augment"]
+    assert CPU_PAIRED_RECIPE["lesion_augment"] == 0.5

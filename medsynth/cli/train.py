@@ -64,13 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the two sets are registered pairs, matched by case name (same shape and affine): both "
                         "images of a pair get the same slice and augmentation, and --lambda-paired x L1 joins the "
                         "objective")
-    g.add_argument("--intensity-augment", action="store_true",
-                   help="turn on random bias field, gamma, histogram shift and noise on the inputs (off without "
-                        "this switch)")
-    g.add_argument("--augment-base", action="store_true",
+    g.add_argument("--intensity-augment", action=argparse.BooleanOptionalAction, default=d.intensity_augment,
+                   help="random bias field, gamma, histogram shift and noise on the inputs")
+    g.add_argument("--augment-base", action=argparse.BooleanOptionalAction, default=d.augment_base,
                    help="with --intensity-augment and --residual invert: the bias field and noise also reach the "
-                        "base the network sees (re-derived from the augmented image), as they would at conversion "
-                        "(off without this switch)")
+                        "base the network sees (re-derived from the augmented image), as they would at conversion")
     g.add_argument("--lesion-augment", type=float, default=d.lesion_augment, metavar="P",
                    help="--paired: probability that a training pair gets synthetic tumour-like lesions (oedema "
                         "moderately dark in T1 and bright in T2, some with a T1-bright core)")
@@ -152,7 +150,12 @@ def _add_recipe_defaults(parser: argparse.ArgumentParser) -> None:
             note = f"CPU recipe with --paired: {paired[action.dest]}"
         else:
             continue
-        action.help = f"{action.help} (default: {action.default}; {note})"
+        if action.nargs == 0:
+            # a switch: on/off, never "(default: False)"
+            note = note.replace(": True", ": on").replace(": False", ": off")
+            action.help = f"{action.help} (default: {'on' if action.default else 'off'}; {note})"
+        else:
+            action.help = f"{action.help} (default: {action.default}; {note})"
 
 
 @exit_on_error
