@@ -103,6 +103,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase": _ssim30(augment_base=True, model={"gate_scale": 10.0}),
     # both: tumour-like lesions (oedema at grey matter's T1 level, half with a T1-bright core) and --augment-base
     "ssim30_gate10_augbase_lesions": _ssim30(augment_base=True, lesion_augment=0.5, model={"gate_scale": 10.0}),
+    # the same, 1.5x the steps (without augmentation that reaching the base, longer runs fitted the training scanners)
+    "ssim30_gate10_augbase_lesions_2052": _ssim30(steps=2052, augment_base=True, lesion_augment=0.5,
+                                                  model={"gate_scale": 10.0}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
