@@ -255,7 +255,8 @@ class SliceDataset(torch.utils.data.Dataset):
                                               "image_coverage": self.coverage[name][index]})["image"])
         if self.intensity is not None:
             for name, s in (("a", seeds[2]), ("b", seeds[3])):
-                # the image channel only: a base channel is the clean volume's, as at conversion
+                # the image channel; the base is the clean volume's (as at conversion) unless --augment-base
+                # hands it out again by the augmented image's rank
                 self.intensity.set_random_state(seed=int(s))
                 image = _plain(self.intensity({"image": out[name][:1]})["image"])
                 rest = out[name][1:]

@@ -141,6 +141,8 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
     assert "--names" in _bad(tmp_path, capsys, [t1], [t2], ("--names", "ct,ct"))
     assert "error: --log-every: 0 must be at least 1" in _bad(tmp_path, capsys, [t1], [t2], ("--log-every", "0"))
     assert "error: --pool-size: -1 must not be negative" in _bad(tmp_path, capsys, [t1], [t2], ("--pool-size", "-1"))
+    assert "error: --lesion-augment: 1.5 is not a probability (0 to 1)" in _bad(tmp_path, capsys, [t1], [t2],
+                                                                              ("--lesion-augment", "1.5"))
 
 
 def test_existing_run_needs_resume(tmp_path: Path, domains: tuple[Path, Path],

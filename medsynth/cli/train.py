@@ -194,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
     config.init = args.init or ""
+    if not 0.0 <= config.lesion_augment <= 1.0:
+        raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
     if config.enhance:
         unknown = [s for s in config.enhance if s not in STEPS]
         if unknown:
