@@ -463,6 +463,8 @@ class Trainer:
                 raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must not be negative")
         if config.model.context < 0:
             raise InputError("--context", f"{config.model.context} must not be negative")
+        if not 0.0 <= config.lesion_augment <= 1.0:
+            raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")

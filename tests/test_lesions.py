@@ -95,7 +95,8 @@ def test_oedema_sits_at_grey_matter_level_in_t1_and_cores_are_t1_bright_t2_grey(
     def q(x: torch.Tensor, p: float) -> float:
         return float(np.quantile(x[0][head].numpy(), p))
 
-    # (sharp borders: a blob's inside is flat at its level) no core: inside a blob T1 sits between the 0.12 and 0.40 quantiles (not CSF-dark), T2 near the top
+    # sharp borders, so that a blob's inside is flat at its level; no core: inside a blob T1 sits between the 0.12
+    # and 0.40 quantiles (not CSF-dark), T2 near the top
     a2, b2 = paste_lesions(a, b, np.random.default_rng(5), count=(1, 1), radius=(10, 10), texture=0.0,
                            softness=(60, 60))
     flat = _plateau(a2[0], ((a2[0] - a[0]).abs() > 1e-3) & head)
@@ -118,6 +119,6 @@ def test_oedema_sits_at_grey_matter_level_in_t1_and_cores_are_t1_bright_t2_grey(
     assert found >= 5
     # the first, CSF-dark blobs on request; without a core the draws are those of the same seed before
     old, old_b = paste_lesions(a, b, np.random.default_rng(5), count=(1, 1), radius=(10, 10), texture=0.0,
-                           softness=(60, 60), dark=(0.03, 0.25))
+                               softness=(60, 60), dark=(0.03, 0.25))
     assert torch.equal(old_b, b2)  # the same blob, the same T2 level: only the T1 level differs
     assert float(old[0][flat].mean()) <= q(a, 0.25) + 1e-3

@@ -145,17 +145,16 @@ def _add_recipe_defaults(parser: argparse.ArgumentParser) -> None:
     plain, paired = recipe_values("cpu", False), recipe_values("cpu", True)
     for action in parser._actions:
         if action.dest in plain:
-            note = f"CPU recipe: {plain[action.dest]}"
+            label, value = "CPU recipe", plain[action.dest]
         elif action.dest in paired:
-            note = f"CPU recipe with --paired: {paired[action.dest]}"
+            label, value = "CPU recipe with --paired", paired[action.dest]
         else:
             continue
-        if action.nargs == 0:
-            # a switch: on/off, never "(default: False)"
-            note = note.replace(": True", ": on").replace(": False", ": off")
-            action.help = f"{action.help} (default: {'on' if action.default else 'off'}; {note})"
-        else:
-            action.help = f"{action.help} (default: {action.default}; {note})"
+
+        def shown(v: object, switch: bool = action.nargs == 0) -> object:
+            return ("on" if v else "off") if switch else v  # a switch says on/off, never "(default: False)"
+
+        action.help = f"{action.help} (default: {shown(action.default)}; {label}: {shown(value)})"
 
 
 @exit_on_error
@@ -194,8 +193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
     config.init = args.init or ""
-    if not 0.0 <= config.lesion_augment <= 1.0:
-        raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
     if config.enhance:
         unknown = [s for s in config.enhance if s not in STEPS]
         if unknown:
