@@ -142,6 +142,8 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
     names = ["image", "base"] + [f"base of slice {d:+d}" for d in range(-config.model.context, config.model.context + 1)
                                  if d]
     params = sum(p.numel() for p in build_generator(config.model).parameters())
+    smoothed = (f" (smoothed in-plane by a Gaussian of {config.model.base_smooth:g} px)"
+                if config.model.residual == "invert" and config.model.base_smooth else "")
     tensor = {"type": "image", "format": "magnitude", "modality": "MR", "dtype": "float32",
               "value_range": [-1, 1], "is_patch_data": False,
               # one slice at a time, padded to a multiple of the generator's stride
@@ -159,6 +161,7 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
         "description": (
             f"A medsynth CycleGAN generator ({config.model.generator}, ngf {config.model.ngf}, {params:,} parameters"
             f"{', a gated residual correction of the inverted histogram match' if config.model.residual == 'invert' else ''}"
+            f"{smoothed}"
             f") that translates a {src.upper()} volume into a synthetic {dst.upper()} volume {config.axis} slice by "
             f"slice. The volume is reoriented to RAS without resampling, normalised by its own 0.5/99.5 foreground "
             f"percentiles, cropped to the box around its foreground, translated, mapped onto the {dst.upper()} "

@@ -40,6 +40,10 @@ class ModelConfig:
             than the errors of the baseline it corrects; a larger scale lets it grow as fast as the network learns.
         context: 2.5D input: the residual network (``residual_input="base"``) also sees the base of this many
             neighbouring slices on each side, so that neighbouring slices are translated consistently (0: 2D).
+        base_smooth: the residual generator smooths its base in-plane inside the brain with a Gaussian of this
+            many pixels (standard deviation; 0: off) before the network sees it and before the correction is added.
+            A monotone map carries the source's noise and partial-volume texture into the output pixel for pixel,
+            which the target image does not share; smoothing it removes what no correction can predict.
     """
 
     generator: str = "resnet9"
@@ -53,6 +57,7 @@ class ModelConfig:
     residual_input: str = "image"
     gate_scale: float = 1.0
     context: int = 0
+    base_smooth: float = 0.0
 
 
 RESIDUALS = ("none", "invert")
@@ -186,7 +191,8 @@ CPU_RECIPE: dict[str, Any] = {"generator": "resnet6", "ngf": 16, "ndf": 32, "ups
 CPU_PAIRED_RECIPE: dict[str, Any] = {"residual": "invert", "residual_input": "base",
                                      "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                                      "lambda_ssim": 30.0, "gate_scale": 10.0,
-                                     "intensity_augment": True, "augment_base": True, "lesion_augment": 0.5}
+                                     "intensity_augment": True, "augment_base": True, "lesion_augment": 0.5,
+                                     "base_smooth": 0.7}
 RECIPES = ("auto", "cpu", "reference")
 
 

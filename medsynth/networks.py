@@ -211,6 +211,42 @@ class HistogramTarget(nn.Module):
         self.quantiles.copy_(torch.as_tensor(quantiles, dtype=self.quantiles.dtype))
 
 
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    """A normalised 1D Gaussian of standard deviation ``sigma`` pixels, truncated at 3 sigma."""
+    radius = max(int(np.ceil(3.0 * sigma)), 1)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def smooth_foreground(x: torch.Tensor, foreground: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of ``x`` (N, C, H, W) smoothed in-plane by a Gaussian of ``sigma`` pixels inside
+    ``foreground`` ((N, 1, H, W) for every channel, or (N, C, H, W)) only; the background is left as it is.
+
+    A normalised convolution: the blur of ``x * mask`` divided by the blur of the mask, so that the background
+    level (-1) does not bleed into the brain's rim and darken it.
+    """
+    if sigma <= 0:
+        return x
+    kernel = gaussian_kernel1d(sigma).to(x.device)
+    radius = kernel.numel() // 2
+    channels = x.shape[1]
+    # fp32 even under autocast: a bf16 sum of ~20 products loses the levels' third digit
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xs = x.float()
+        mask = foreground.float().expand(-1, channels, -1, -1) if foreground.shape[1] == 1 else foreground.float()
+        kh = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+        kw = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            t = nn.functional.conv2d(nn.functional.pad(t, (0, 0, radius, radius)), kh, groups=channels)
+            return nn.functional.conv2d(nn.functional.pad(t, (radius, radius, 0, 0)), kw, groups=channels)
+
+        smoothed = blur(xs * mask) / blur(mask).clamp_min(1e-6)
+        out = torch.where(mask > 0, smoothed, xs)
+    return out.to(x.dtype)
+
+
 class ResidualGenerator(nn.Module):
     """``base + gate * net(x)``: the network learns a correction to the inverted-histogram-matched input.
 
@@ -219,11 +255,13 @@ class ResidualGenerator(nn.Module):
     for a one-channel input (a generated image in the cycle), of each slice on its own. On few training
     patients this generalises better than learning the whole contrast change: an unseen tumour that is dark in
     T1 already comes out bright in T2 from the base. The background stays -1. Without ``net`` it is the
-    baseline alone. ``net_input="base"`` shows the network the base instead of the image.
+    baseline alone. ``net_input="base"`` shows the network the base instead of the image. ``smooth`` > 0
+    smooths the base (and the neighbours' bases) in-plane inside the brain with a Gaussian of that many pixels
+    first (:func:`smooth_foreground`, ``ModelConfig.base_smooth``).
     """
 
     def __init__(self, net: nn.Module | None, knots: int = MAP_KNOTS, net_input: str = "image",
-                 gate_scale: float = 1.0, context: int = 0) -> None:
+                 gate_scale: float = 1.0, context: int = 0, smooth: float = 0.0) -> None:
         super().__init__()
         if net_input not in ("image", "base"):
             raise ValueError(f"unknown residual input {net_input!r}: use image or base")
@@ -239,6 +277,9 @@ class ResidualGenerator(nn.Module):
         # a constant factor on the gate: Adam moves a parameter by about the learning rate per step whatever its
         # gradient, so the factor is the gate's own learning-rate multiplier (see ModelConfig.gate_scale)
         self.gate_scale = float(gate_scale)
+        if smooth < 0:
+            raise ValueError(f"base smoothing must not be negative, not {smooth:g}")
+        self.smooth = float(smooth)
         self.target = HistogramTarget(knots)
         self.stride = getattr(net, "stride", 4) if net is not None else 1
 
@@ -252,19 +293,26 @@ class ResidualGenerator(nn.Module):
         """``x``: (N, C, H, W) with channels [image, base, neighbours' bases...]; the image alone (a generated
         image in the cycle) gets its slice's own base, and missing neighbours are that base again."""
         x0 = x[:, :1]
+        foreground = x0 > BACKGROUND_LEVEL
         base = x[:, 1:2] if x.shape[1] > 1 else inverted_histogram_match(x0, self.target.quantiles)
+        base = smooth_foreground(base, foreground, self.smooth)
         if self.net is None:
             return base
         if self.net_input == "image":
             seen = x0
         elif self.context:
             width = 2 * self.context
-            neighbours = x[:, 2:2 + width] if x.shape[1] >= 2 + width else base.expand(-1, width, -1, -1)
+            if x.shape[1] >= 2 + width:
+                neighbours = x[:, 2:2 + width]
+                # a neighbour's brain is not this slice's: its background (-1) must not enter the blur
+                neighbours = smooth_foreground(neighbours, foreground & (neighbours > BACKGROUND_LEVEL), self.smooth)
+            else:
+                neighbours = base.expand(-1, width, -1, -1)
             seen = torch.cat([base, neighbours], dim=1)
         else:
             seen = base
         y = (base + (self.gate * self.gate_scale).to(base.dtype) * self.net(seen)).clamp(-1.0, 1.0)
-        return torch.where(x0 > BACKGROUND_LEVEL, y, torch.full_like(y, -1.0))
+        return torch.where(foreground, y, torch.full_like(y, -1.0))
 
 
 def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
@@ -273,8 +321,10 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
     ``config.residual == "invert"``."""
     if config.generator == "identity":
         return IdentityGenerator()
+    if config.base_smooth and config.residual != "invert" and config.generator != "map":
+        raise ValueError("smoothing the base is for residual generators (residual 'invert')")
     if config.generator == "map":
-        return ResidualGenerator(None)
+        return ResidualGenerator(None, smooth=config.base_smooth)
     if config.residual == "invert":
         # 2.5D: the base of the slice and of its neighbours
         in_channels = 1 + 2 * config.context
@@ -289,7 +339,7 @@ def build_generator(config: ModelConfig, in_channels: int = 1, out_channels: int
         raise ValueError(f"unknown generator {config.generator!r}: use resnet9, resnet6 or unet")
     if config.residual == "invert":
         return ResidualGenerator(net, net_input=config.residual_input, gate_scale=config.gate_scale,
-                                 context=config.context)
+                                 context=config.context, smooth=config.base_smooth)
     if config.residual != "none":
         raise ValueError(f"unknown residual {config.residual!r}: use none or invert")
     return net

@@ -360,7 +360,8 @@ class Interrupted(Exception):
 
 
 #: what a model must share with a run that ``--init`` starts from it: the generators' weights must fit
-INIT_OPTIONS = ("generator", "ngf", "norm", "upsample", "residual", "residual_input", "gate_scale", "context")
+INIT_OPTIONS = ("generator", "ngf", "norm", "upsample", "residual", "residual_input", "gate_scale", "context",
+                "base_smooth")
 
 
 def init_source(config: TrainConfig) -> dict[str, Any] | None:
@@ -463,6 +464,10 @@ class Trainer:
                 raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must not be negative")
         if config.model.context < 0:
             raise InputError("--context", f"{config.model.context} must not be negative")
+        if config.model.base_smooth < 0:
+            raise InputError("--base-smooth", f"{config.model.base_smooth:g} must not be negative")
+        if config.model.base_smooth and config.model.residual != "invert":
+            raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
@@ -912,12 +917,14 @@ class Plan:
         if augmented:
             objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
         done = f", resuming at {self.start}" if self.start else ""
+        smoothed = f" smoothed in-plane (Gaussian {m.base_smooth:g} px)" if m.residual == "invert" and m.base_smooth else ""
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"
         validation = (f"; validation every {every} and at the end on {self.val_pairs} "
                       f"pair{'s' if self.val_pairs != 1 else ''}") if self.val_pairs else ""
         return (f"plan: {c.total_steps} steps{done} (learning rate constant to {c.decay_from}, then linear decay), "
                 f"batch {c.batch_size}, {m.generator} ngf {m.ngf}"
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
+                f"{smoothed}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
                 f"{c.axis} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")

@@ -18,7 +18,10 @@ Rows (the packaged model unless ``--model``; the packaged 240 x 240 x 155 sample
   it out too);
 - ``--big``: a 512 x 512 x 400 float volume, axial, in a child process, for its peak memory (target < 4 GB).
 
-usage: python scripts/bench_convert.py [--model M] [--repeats 2] [--big] [--device cpu]
+``--against OLD_MODEL`` instead only times ``medsynth-convert`` with both models, alternately, and writes
+``bench_convert_against_<kind>.json`` (a new packaged model must convert within 20 % of the one before it).
+
+usage: python scripts/bench_convert.py [--model M] [--against OLD_MODEL] [--repeats 2] [--big] [--device cpu]
 Prints a table and writes scripts/results/bench_convert_<kind>.json (kind: gpu, cpu = a CPU with native bf16,
 cpu_fp32 = one without) and bench_convert_bf16_diff_<kind>.png.
 """
@@ -280,9 +283,27 @@ def precision_difference(model: str | None, device: str, src: Path, out_png: Pat
     return stats
 
 
+def compare_models(src: Path, model: str | None, against: str, device: str, precision: str, repeats: int) -> list[dict]:
+    """``medsynth-convert`` with two models, whole process, axial and fused, timed alternately (so that a busy spell
+    of a shared machine hits both alike), best of ``repeats`` each."""
+    rows = []
+    for axis in ("axial", "all"):
+        mine, theirs = [], []
+        for _ in range(repeats):
+            theirs.append(convert_process(src, axis, against, device, precision)["seconds"])
+            mine.append(convert_process(src, axis, model, device, precision)["seconds"])
+        rows.append({"axis": axis, "model_seconds": min(mine), "against_seconds": min(theirs),
+                     "ratio": min(mine) / min(theirs), "model_runs": mine, "against_runs": theirs})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model.pt (default: the packaged one)")
+    p.add_argument("--against", default=None,
+                   help="only compare: medsynth-convert (axial, fused) with --model and with this model.pt, timed "
+                        "alternately, and the ratio (e.g. a new packaged model against the one before it); writes "
+                        "bench_convert_against_<kind>.json")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per row (best is kept)")
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
@@ -301,6 +322,20 @@ def main() -> None:
         small = Path(tempfile.mkdtemp()) / "sample_t1_24.nii.gz"
         nib.save(img.slicer[:, :, 60:84], small)
         src = small
+    if args.against:
+        rows = compare_models(src, args.model, args.against, args.device, args.precision, args.repeats)
+        print(f"medsynth-convert, whole process, {src.name}: {args.model or 'the packaged model'} against "
+              f"{args.against}, best of {args.repeats} each, alternated")
+        for r in rows:
+            print(f"  {r['axis']:5s}  {r['model_seconds']:6.2f} s  against  {r['against_seconds']:6.2f} s  "
+                  f"ratio {r['ratio']:.2f}")
+        if not args.smoke:
+            info = machine()
+            path = write_json("bench_convert_against", {
+                "machine": info, "volume": src.name, "model": str(args.model or default_model_path()),
+                "against": args.against, "args": vars(args), "rows": rows})
+            print(f"wrote {path}")
+        return
     translator = Translator.from_file(args.model, device=args.device, precision=args.precision)
     device = translator.device
     from medsynth.io import load_image

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Trains the packaged default T1<->T2 model on ../shared/data/brain_t1t2 with the CPU recipe chosen by the
 # leave-one-out study (scripts/study_cpu.py, scripts/results/study_cpu.md): registered pairs (--paired), a
-# residual correction of the inverted histogram match with intensity augmentation into its base and synthetic
-# lesions (--recipe cpu --paired), on every core with bf16 where the
+# residual correction of the inverted histogram match, smoothed by 0.7 px, with intensity augmentation into its base
+# and synthetic lesions (--recipe cpu --paired), on every core with bf16 where the
 # CPU has it. Two patients train it; BraTS-GLI-00001-000, the packaged sample, is held out and validates it.
 # Then it is packaged (fp16) into medsynth/models/.
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --steps N --device cuda]

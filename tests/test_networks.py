@@ -134,3 +134,43 @@ def test_gate_scale_multiplies_the_correction() -> None:
             g.gate.fill_(0.01)
         outs.append(g(x) - x[:, 1:2])
     assert torch.allclose(outs[1], 10 * outs[0], atol=1e-5)
+
+
+def test_base_smoothing_removes_noise_keeps_levels_and_the_rim() -> None:
+    from medsynth.networks import smooth_foreground
+
+    torch.manual_seed(0)
+    x = torch.full((1, 1, 48, 48), -1.0)
+    fg = torch.zeros(1, 1, 48, 48, dtype=torch.bool)
+    fg[..., 8:40, 8:40] = True
+    x[..., 8:40, 8:24] = 0.6  # two tissues, noisy
+    x[..., 8:40, 24:40] = -0.2
+    noisy = torch.where(fg, x + 0.1 * torch.randn_like(x), x)
+    y = smooth_foreground(noisy, fg, 1.2)
+    inner_l, inner_r = (..., slice(12, 36), slice(12, 20)), (..., slice(12, 36), slice(28, 36))
+    # the noise is mostly gone inside each tissue, their levels stay
+    assert y[inner_l].std() < 0.4 * noisy[inner_l].std() and y[inner_r].std() < 0.4 * noisy[inner_r].std()
+    assert abs(y[inner_l].mean() - 0.6) < 0.02 and abs(y[inner_r].mean() + 0.2) < 0.02
+    # the background is untouched and does not darken the brain's rim (a plain blur would pull it toward -1)
+    assert torch.equal(y[~fg], noisy[~fg])
+    assert abs(y[..., 8, 12:20].mean() - 0.6) < 0.05
+    assert torch.equal(smooth_foreground(noisy, fg, 0.0), noisy)
+
+
+def test_base_smooth_is_what_an_untrained_residual_generator_gives() -> None:
+    from medsynth.networks import ResidualGenerator, smooth_foreground
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 2, 32, 32) * 1.6 - 0.8
+    x[..., :4, :] = -1.0  # background rows
+    g = build_generator(ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base",
+                                    base_smooth=0.8))
+    assert isinstance(g, ResidualGenerator) and g.smooth == 0.8
+    fg = x[:, :1] > -1.0 + 1e-3
+    expected = torch.where(fg, smooth_foreground(x[:, 1:2], fg, 0.8), torch.full_like(x[:, 1:2], -1.0))
+    # gate zero: exactly the smoothed base; the baseline alone ("map") smooths the same way
+    assert torch.allclose(g(x), expected, atol=1e-6)
+    assert torch.allclose(build_generator(ModelConfig(generator="map", base_smooth=0.8))(x), smooth_foreground(
+        x[:, 1:2], fg, 0.8), atol=1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        build_generator(ModelConfig(generator="resnet6", ngf=4, base_smooth=1.0))

@@ -457,6 +457,12 @@ def test_cpu_recipe_fills_only_what_was_not_given() -> None:
     args = build_parser().parse_args(argv)
     _apply_recipe(args, _given_options(argv))
     assert args.residual == CPU_PAIRED_RECIPE["residual"]
+    assert args.base_smooth == CPU_PAIRED_RECIPE["base_smooth"] > 0
+    # a plain network with the paired recipe: no base, so nothing to smooth (and no error for an option not given)
+    plain = [*argv, "--residual", "none"]
+    args = build_parser().parse_args(plain)
+    _apply_recipe(args, _given_options(plain))
+    assert args.residual == "none" and args.base_smooth == 0.0
     argv = ["--t1", "a", "--t2", "b", "--out", "o", "--recipe", "reference"]
     args = build_parser().parse_args(argv)
     _apply_recipe(args, _given_options(argv))
@@ -568,3 +574,26 @@ def test_plan_line_says_which_augmentations_run() -> None:
     # the CPU recipe with --paired turns both on
     assert CPU_PAIRED_RECIPE["augment_base"] and CPU_PAIRED_RECIPE["intensity_augment"]
     assert CPU_PAIRED_RECIPE["lesion_augment"] == 0.5
+
+
+def test_base_smooth_trains_converts_and_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medsynth.inference import Translator
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(run), *TINY,
+                       "--steps", "3", "--paired", "--residual", "invert", "--residual-input", "base",
+                       "--base-smooth", "0.7", "--lambda-adv", "0", "--lambda-cycle", "0", "--sample-every", "3"])
+    assert code == 0, capsys.readouterr().err
+    assert "smoothed in-plane (Gaussian 0.7 px)" in capsys.readouterr().err
+    translator = Translator.from_file(run / "model.pt", device="cpu")
+    assert translator.config.model.base_smooth == 0.7
+    assert translator.networks["t1-to-t2"].smooth == 0.7
+    out = translator.translate(sorted((tmp_path / "t1").glob("*.nii.gz"))[0])
+    assert out.array.shape == (30, 34, 12) and np.isfinite(out.array).all()
+    a, b = str(tmp_path / "t1"), str(tmp_path / "t2")
+    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "invert", "--base-smooth", "-1"))
+    assert "--base-smooth" in line and "negative" in line
+    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "none", "--base-smooth", "1"))
+    assert "--base-smooth" in line and "residual" in line

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the residual correction's gate (it starts at zero)")
     n.add_argument("--context", type=int, default=m.context,
                    help="2.5D: neighbouring slices on each side whose bases the residual network also sees")
+    n.add_argument("--base-smooth", type=float, default=m.base_smooth, metavar="SIGMA",
+                   help="smooth the residual generator's base in-plane inside the brain with a Gaussian of SIGMA "
+                        "pixels (0: off): the monotone map carries the source's noise into the output")
     n.add_argument("--init-gain", type=float, default=d.init_gain, help="std of the N(0, gain) initialisation")
     o = p.add_argument_group("objective and schedule")
     o.add_argument("--recipe", choices=RECIPES, default="auto",
@@ -180,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=ModelConfig(generator=args.generator, ngf=args.ngf, ndf=args.ndf, n_layers_d=args.n_layers_d,
                           norm=args.norm, dropout=args.dropout, upsample=args.upsample, residual=args.residual,
                           residual_input=args.residual_input, gate_scale=args.gate_scale,
-                          context=args.context),
+                          context=args.context, base_smooth=args.base_smooth),
         size=args.size, axis=args.axis, min_foreground=args.min_foreground, steps=args.steps,
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
@@ -255,3 +258,6 @@ def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
     for key, value in recipe_values(recipe, args.paired).items():
         if key not in given:
             setattr(args, key, value)
+    # the recipe smooths the residual generator's base: a plain network (--residual none) has none to smooth
+    if "base_smooth" not in given and args.residual != "invert":
+        args.base_smooth = 0.0
