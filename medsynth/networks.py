@@ -277,8 +277,8 @@ class ResidualGenerator(nn.Module):
         # a constant factor on the gate: Adam moves a parameter by about the learning rate per step whatever its
         # gradient, so the factor is the gate's own learning-rate multiplier (see ModelConfig.gate_scale)
         self.gate_scale = float(gate_scale)
-        if smooth < 0:
-            raise ValueError(f"base smoothing must not be negative, not {smooth:g}")
+        if not np.isfinite(smooth) or smooth < 0:
+            raise ValueError(f"base smoothing must be a finite number, not negative: {smooth:g}")
         self.smooth = float(smooth)
         self.target = HistogramTarget(knots)
         self.stride = getattr(net, "stride", 4) if net is not None else 1

@@ -464,8 +464,8 @@ class Trainer:
                 raise InputError(f"--{option.replace('_', '-')}", f"{getattr(config, option)} must not be negative")
         if config.model.context < 0:
             raise InputError("--context", f"{config.model.context} must not be negative")
-        if config.model.base_smooth < 0:
-            raise InputError("--base-smooth", f"{config.model.base_smooth:g} must not be negative")
+        if not math.isfinite(config.model.base_smooth) or config.model.base_smooth < 0:
+            raise InputError("--base-smooth", f"{config.model.base_smooth:g} must be a finite number, not negative")
         if config.model.base_smooth and config.model.residual != "invert":
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:

@@ -147,11 +147,17 @@ def main() -> None:
     if args.small or args.only_small:
         cpu = ModelConfig("resnet6", 16, 32, upsample="nearest")
         configs.append(("cpu recipe, unpaired", TrainConfig(size=128, model=cpu)))
+        # the CPU recipe with --paired as medsynth-train applies it (its augmentation and smoothing cost time too)
+        from dataclasses import fields
+
+        from medsynth.config import CPU_PAIRED_RECIPE
+
+        model_keys = {f.name for f in fields(ModelConfig)}
+        paired_model = ModelConfig("resnet6", 16, 32, upsample="nearest",
+                                   **{k: v for k, v in CPU_PAIRED_RECIPE.items() if k in model_keys})
         configs.append(("cpu recipe, paired residual",
-                        TrainConfig(size=128, paired=True, lambda_adv=0.0, lambda_cycle=0.0, lambda_identity=0.0,
-                                    intensity_augment=True,
-                                    model=ModelConfig("resnet6", 16, 32, upsample="nearest", residual="invert",
-                                                      residual_input="base"))))
+                        TrainConfig(size=128, paired=True, model=paired_model,
+                                    **{k: v for k, v in CPU_PAIRED_RECIPE.items() if k not in model_keys})))
     info = machine()
     peak = info.get("gpu_bf16_peak_tflops")
     rows = []

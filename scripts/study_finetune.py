@@ -59,12 +59,22 @@ def score(model: Path, case: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _cached(out: Path, steps: int) -> bool:
+    """Whether ``out`` holds a finished run of ``steps`` steps (one of another length is refused, not reused)."""
+    if not (out / "model.pt").exists():
+        return False
+    done = json.loads((out / "config.json").read_text())["steps"]
+    if done != steps:
+        raise SystemExit(f"error: {out}: a finished run of {done} steps, not {steps}: give another --out")
+    return True
+
+
 def train_single(recipe: str, case: Path, root: Path, steps: int, threads: int | None) -> Path:
     """The recipe trained from scratch on one patient (no validation: every other patient is someone's test)."""
     from medsynth.training import train
 
     out = root / f"single_{recipe}" / case.name
-    if (out / "model.pt").exists():
+    if _cached(out, steps):
         return out / "model.pt"
     config = build_config(recipe, [case], case, out, steps, val_every=10**9)
     config.val_a, config.val_b = [], []
@@ -80,7 +90,7 @@ def fine_tune(recipe: str, init: Path, site: Path, test: Path, root: Path, steps
     from medsynth.training import train
 
     out = root / f"finetune_{recipe}" / f"{elsewhere}__{site.name}__{test.name}"
-    if (out / "model.pt").exists():
+    if _cached(out, steps):
         return out
     config = build_config(recipe, [site], test, out, steps, val_every=max(steps // points, 1))
     config.init = str(init)
@@ -214,7 +224,8 @@ def report(result: dict[str, Any], results_dir: Path, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("study"), help="folder for the runs")
-    p.add_argument("--recipe", default="ssim30_gate10_augbase_lesions", help="a study_cpu recipe")
+    p.add_argument("--recipe", default="ssim30_gate10_augbase_lesions_smooth07",
+                   help="a study_cpu recipe (default: the packaged model's)")
     p.add_argument("--loo", type=Path, default=None,
                    help="the study_cpu runs of the recipe (one folder per held-out patient; default OUT/RECIPE)")
     p.add_argument("--steps", type=int, default=1368, help="steps of each single-patient model")
@@ -229,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.recipe not in RECIPES:
         print(f"error: {args.recipe}: unknown recipe", file=sys.stderr)
+        return 2
+    if "steps" in RECIPES[args.recipe]:
+        # such a recipe would override --steps and --ft-steps alike (study_cpu.build_config)
+        print(f"error: {args.recipe}: the recipe fixes its own step count; use --steps/--ft-steps with its base "
+              f"recipe", file=sys.stderr)
         return 2
     args.loo = args.loo or args.out / args.recipe
     report(study(args), args.results, args.name)

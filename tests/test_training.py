@@ -593,7 +593,8 @@ def test_base_smooth_trains_converts_and_is_checked(tmp_path: Path, capsys: pyte
     out = translator.translate(sorted((tmp_path / "t1").glob("*.nii.gz"))[0])
     assert out.array.shape == (30, 34, 12) and np.isfinite(out.array).all()
     a, b = str(tmp_path / "t1"), str(tmp_path / "t2")
-    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "invert", "--base-smooth", "-1"))
-    assert "--base-smooth" in line and "negative" in line
+    for value in ("-1", "nan"):
+        line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "invert", "--base-smooth", value))
+        assert "--base-smooth" in line and "finite number, not negative" in line
     line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "none", "--base-smooth", "1"))
     assert "--base-smooth" in line and "residual" in line
