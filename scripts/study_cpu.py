@@ -121,6 +121,13 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                             model={"gate_scale": 10.0, "base_smooth": 0.7}),
     "ssim30_gate10_augbase_lesions_smooth12_seed1": _ssim30(seed=1, augment_base=True, lesion_augment=0.5,
                                                             model={"gate_scale": 10.0, "base_smooth": 1.2}),
+    # the packaged recipe with a fourth, healthy training pair: the MNI avg152 T1/T2 templates, skull-stripped and
+    # resampled to 1 mm (scripts/make_template_pair.py); extra anatomy and its T1/T2 relation, no pathology
+    "ssim30_gate10_augbase_lesions_smooth07_mni": _ssim30(augment_base=True, lesion_augment=0.5, extra_pairs=["mni152"],
+                                                          model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    "ssim30_gate10_augbase_lesions_smooth07_mni_seed1": _ssim30(seed=1, augment_base=True, lesion_augment=0.5,
+                                                                extra_pairs=["mni152"],
+                                                                model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -134,14 +141,31 @@ def cases() -> list[Path]:
     return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
 
 
+#: extra training pairs a recipe may name (``extra_pairs``): name -> function writing the pair into a folder
+EXTRA_PAIRS = {"mni152": "make_template_pair"}
+
+
+def extra_pair(name: str, root: Path) -> Path:
+    """The folder of an extra training pair (``t1.nii.gz``, ``t2.nii.gz``), made under ``root`` on first use."""
+    import importlib
+
+    module = importlib.import_module(EXTRA_PAIRS[name])
+    return module.make_pair(root / name)
+
+
 def build_config(recipe: str, train_cases: list[Path], held_out: Path, out: Path, steps: int,
-                 val_every: int, seed: int = 0) -> Any:
-    """The TrainConfig of one fold."""
+                 val_every: int, seed: int = 0, extra_root: Path | None = None) -> Any:
+    """The TrainConfig of one fold. Extra pairs the recipe names are made under ``extra_root`` (default: the
+    study's root, ``out/../../_extra``) and join the training cases; the held-out patient is never among them."""
     from medsynth.config import ModelConfig, TrainConfig
 
     spec = json.loads(json.dumps(BASE))
     override = json.loads(json.dumps(RECIPES[recipe]))
     spec["model"].update(override.pop("model", {}))
+    extras = override.pop("extra_pairs", [])
+    if extras:
+        root = extra_root if extra_root is not None else out.parent.parent / "_extra"
+        train_cases = [*train_cases, *(extra_pair(name, root) for name in extras)]
     spec.update(override)
     # a recipe may fix its own step count (a longer run of another recipe) and seed (a repeat of another recipe)
     steps = int(spec.pop("steps", steps))
