@@ -157,7 +157,8 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
         "numpy_version": numpy.__version__,
         "required_packages_version": {"medsynth": medsynth.__version__, "nibabel": nibabel.__version__},
         "name": f"medsynth {src.upper()} to {dst.upper()} translation",
-        "task": f"Unpaired image-to-image translation of brain MRI, {src.upper()} to {dst.upper()}, slice by slice",
+        "task": (f"{'Paired' if config.paired else 'Unpaired'} image-to-image translation of brain MRI, "
+                 f"{src.upper()} to {dst.upper()}, slice by slice"),
         "description": (
             f"A medsynth CycleGAN generator ({config.model.generator}, ngf {config.model.ngf}, {params:,} parameters"
             f"{', a gated residual correction of the inverted histogram match' if config.model.residual == 'invert' else ''}"
@@ -168,8 +169,9 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
             f"training intensities and written with the input's geometry (shape, affine, qform and sform)."),
         "authors": authors,
         "copyright": f"Copyright (c) {authors}",
-        "data_source": (f"unpaired {src.upper()} and {dst.upper()} volumes given to medsynth-train "
-                        f"({len(config.a)} and {len(config.b)} files{', used paired' if config.paired else ''})"),
+        "data_source": (f"{'registered' if config.paired else 'unpaired'} {src.upper()} and {dst.upper()} volumes "
+                        f"given to medsynth-train ({len(config.a)} and {len(config.b)} files"
+                        f"{', used paired' if config.paired else ''})"),
         "data_type": "nibabel",
         "image_classes": (f"one {src.upper()}-weighted MRI volume (NIfTI, MHA, NRRD), any size, voxel size and "
                           f"orientation; the network sees it normalised to [-1, 1]"),

@@ -32,9 +32,13 @@ def main() -> None:
         net = build_generator(config.model)
         net.load_state_dict(payload["generators"][key])
         nets.append(net)
-    # the training inputs are the builder's paths; they mean nothing on a user's machine
-    config.a, config.b = [Path(p).name for p in config.a], [Path(p).name for p in config.b]
-    config.val_a, config.val_b = [Path(p).name for p in config.val_a], [Path(p).name for p in config.val_b]
+    # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case folder
+    # (AURORA_sample/t1.nii.gz, mni152/t1.nii.gz) says what the model was trained on
+    def case(path: str) -> str:
+        return "/".join(Path(path).parts[-2:])
+
+    config.a, config.b = [case(p) for p in config.a], [case(p) for p in config.b]
+    config.val_a, config.val_b = [case(p) for p in config.val_a], [case(p) for p in config.val_b]
     config.out = ""
     extra = dict(payload.get("extra", {}), packaged_from=source.name)
     export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True)
