@@ -128,6 +128,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mni_seed1": _ssim30(seed=1, augment_base=True, lesion_augment=0.5,
                                                                 extra_pairs=["mni152"],
                                                                 model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    # the same, 1.5x the steps: with a third pair the data may bear a longer run (with two, 1,400-2,000 steps were best)
+    "ssim30_gate10_augbase_lesions_smooth07_mni_2052": _ssim30(steps=2052, augment_base=True, lesion_augment=0.5,
+                                                               extra_pairs=["mni152"],
+                                                               model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    "ssim30_gate10_augbase_lesions_smooth07_mni_2052_seed1": _ssim30(seed=1, steps=2052, augment_base=True,
+                                                                     lesion_augment=0.5, extra_pairs=["mni152"],
+                                                                     model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
