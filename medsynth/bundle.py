@@ -160,7 +160,8 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
         "task": (f"{'Paired' if config.paired else 'Unpaired'} image-to-image translation of brain MRI, "
                  f"{src.upper()} to {dst.upper()}, slice by slice"),
         "description": (
-            f"A medsynth CycleGAN generator ({config.model.generator}, ngf {config.model.ngf}, {params:,} parameters"
+            f"A medsynth {'generator trained on registered pairs' if config.paired else 'CycleGAN generator'} "
+            f"({config.model.generator}, ngf {config.model.ngf}, {params:,} parameters"
             f"{', a gated residual correction of the inverted histogram match' if config.model.residual == 'invert' else ''}"
             f"{smoothed}"
             f") that translates a {src.upper()} volume into a synthetic {dst.upper()} volume {config.axis} slice by "

@@ -3,7 +3,7 @@
 
 The shared data hold three registered tumour patients and, as extra anatomy, the SPM12 MNI average T1 and T2
 (``../shared/data/templates_2mm``, 2 mm, whole head with scalp and skull) and ten unpaired IXI T1s. The templates
-are a registered pair of the same (average) head, so they can join ``--paired`` training as a fourth pair; the
+are a registered pair of the same (average) head, so they can join ``--paired`` training as one more pair; the
 patients are skull-stripped at 1 mm, so the templates are too:
 
 1. Brain mask (made once, kept in ``scripts/study_data/templates/mni152_brain_2mm.nii.gz`` with an overlay PNG
@@ -13,7 +13,10 @@ patients are skull-stripped at 1 mm, so the templates are too:
    1.87 L (CSF included: the MNI brain is larger than an average one).
 2. The pair: both templates resampled to 1 mm (trilinear; the mask trilinear then > 0.5; the 1 mm grid spans
    the same voxel centres, so the affine is the 2 mm one with half the spacing), multiplied by the mask, written
-   as ``<out>/t1.nii.gz`` and ``<out>/t2.nii.gz`` (float32; training normalises each volume itself).
+   as ``<out>/t1.nii.gz`` and ``<out>/t2.nii.gz`` (float32, the templates' qform/sform codes; training normalises
+   each volume itself). Both are built in a temporary folder beside ``<out>`` and moved into place together with a
+   stamp of their inputs (``<out>/inputs.json``); a pair whose stamp differs (another mask, other templates, a new
+   version of this script) is made again.
 
 What the pair is not: a patient. The templates are averages of 152 heads, blurred by registration; they add
 healthy anatomy and its T1/T2 relation, not noise, texture or pathology.
@@ -27,7 +30,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +45,7 @@ MASK = HERE / "study_data" / "templates" / "mni152_brain_2mm.nii.gz"
 
 THRESHOLD = 0.4  # avg152T1 units (0..1): brain and scalp above, skull and CSF outside the brain below
 ERODE, DILATE = 3, 4  # voxels (2 mm)
+VERSION = 1  # of the pair this script writes: a change makes existing pairs stale
 
 
 def brain_mask(t1: np.ndarray) -> np.ndarray:
@@ -79,38 +87,91 @@ def overlay(path: Path, t1: np.ndarray, t2: np.ndarray, mask: np.ndarray) -> Non
     Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2)).save(path)
 
 
-def make_mask(templates: Path = TEMPLATES, out: Path = MASK) -> Path:
-    """Write the brain mask (uint8, the templates' 2 mm grid) and its overlay PNG."""
+def _load(path: Path, what: str):
+    """A NIfTI image, or ValueError naming the file and the problem."""
     import nibabel as nib
 
-    t1 = nib.load(templates / "avg152T1.nii")
-    t2 = nib.load(templates / "avg152T2.nii")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file ({what})")
+    try:
+        img = nib.load(path)
+        np.asarray(img.dataobj[..., 0])  # reads the header's data type and offset: a truncated file fails here
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        raise ValueError(f"{path}: not a readable NIfTI image ({type(exc).__name__})") from None
+    if img.ndim != 3:
+        raise ValueError(f"{path}: {img.ndim}-D, expected a 3-D {what}")
+    return img
+
+
+def make_mask(templates: Path = TEMPLATES, out: Path = MASK) -> Path:
+    """Write the brain mask (uint8, the templates' 2 mm grid) and its overlay PNG, each under a temporary name
+    first."""
+    import nibabel as nib
+
+    t1 = _load(templates / "avg152T1.nii", "T1 template")
+    t2 = _load(templates / "avg152T2.nii", "T2 template")
+    if t1.shape != t2.shape or not np.allclose(t1.affine, t2.affine):
+        raise ValueError(f"{templates}: avg152T1.nii and avg152T2.nii are not on one grid")
     mask = brain_mask(np.asarray(t1.dataobj, np.float32))
     out.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(mask.astype(np.uint8), t1.affine), out)
-    overlay(out.with_suffix("").with_suffix(".png"), np.asarray(t1.dataobj), np.asarray(t2.dataobj), mask)
+    png = out.with_suffix("").with_suffix(".png")
+    tmp = out.parent / f".{out.name}.tmp.nii.gz"
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), t1.affine), tmp)
+    tmp_png = png.parent / f".{png.stem}.tmp.png"
+    overlay(tmp_png, np.asarray(t1.dataobj), np.asarray(t2.dataobj), mask)
+    tmp.replace(out)
+    tmp_png.replace(png)
     print(f"{out}: {int(mask.sum()) * 8 / 1000:.0f} mL")
     return out
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK) -> Path:
-    """Write ``out/t1.nii.gz`` and ``out/t2.nii.gz`` (1 mm, brain only); returns ``out``. Skips finished pairs."""
+    """Write ``out/t1.nii.gz`` and ``out/t2.nii.gz`` (1 mm, brain only); returns ``out``. A pair made from the
+    same inputs by the same version is kept; any other content of ``out`` is replaced as a whole.
+
+    Raises:
+        ValueError: a missing or unreadable template or mask, or one not on the others' grid (naming the file).
+    """
     import nibabel as nib
 
-    if (out / "t1.nii.gz").exists() and (out / "t2.nii.gz").exists():
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    mask_img = nib.load(mask_path)
-    mask, _ = upsample(np.asarray(mask_img.dataobj, np.float32), mask_img.affine)
+    sources = {"t1": templates / "avg152T1.nii", "t2": templates / "avg152T2.nii", "mask": mask_path}
+    images = {name: _load(path, f"{name} template" if name != "mask" else "brain mask")
+              for name, path in sources.items()}
     for name in ("t1", "t2"):
-        img = nib.load(templates / f"avg152{name.upper()}.nii")
-        if not np.allclose(img.affine, mask_img.affine):
-            raise ValueError(f"{templates}: avg152{name.upper()}.nii is not on the mask's grid")
-        volume, affine = upsample(np.asarray(img.dataobj, np.float32), img.affine)
-        volume = np.where(mask > 0.5, volume, 0).astype(np.float32)
-        tmp = out / f".{name}.tmp.nii.gz"
-        nib.save(nib.Nifti1Image(volume, affine), tmp)
-        tmp.replace(out / f"{name}.nii.gz")
+        if images[name].shape != images["mask"].shape or not np.allclose(images[name].affine, images["mask"].affine):
+            raise ValueError(f"{sources[name]}: not on the brain mask's grid ({mask_path})")
+    stamp = {"version": VERSION, **{name: _digest(path) for name, path in sources.items()}}
+    try:
+        if json.loads((out / "inputs.json").read_text()) == stamp and all(
+                (out / f"{n}.nii.gz").is_file() for n in ("t1", "t2")):
+            return out
+    except (OSError, ValueError):
+        pass
+    if out.exists() and not (out.is_dir() and ((out / "inputs.json").is_file() or not any(out.iterdir()))):
+        # only a pair this script made (stale) or an empty folder is replaced: never a user's other files
+        raise ValueError(f"{out}: exists and is not a template pair folder made by this script")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        mask, _ = upsample(np.asarray(images["mask"].dataobj, np.float32), images["mask"].affine)
+        for name in ("t1", "t2"):
+            img = images[name]
+            volume, affine = upsample(np.asarray(img.dataobj, np.float32), img.affine)
+            volume = np.where(mask > 0.5, volume, 0).astype(np.float32)
+            result = nib.Nifti1Image(volume, affine)
+            result.set_sform(affine, int(img.header["sform_code"]) or 2)
+            result.set_qform(affine, int(img.header["qform_code"]) or 2)
+            nib.save(result, build / f"{name}.nii.gz")
+        (build / "inputs.json").write_text(json.dumps(stamp, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        build.replace(out)  # the pair and its stamp appear together
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
     return out
 
 
@@ -120,16 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask", action="store_true", help=f"remake the brain mask ({MASK.relative_to(HERE.parent)})")
     parser.add_argument("--out", type=Path, help="write the 1 mm brain-only pair into this folder")
     args = parser.parse_args(argv)
-    if not (args.templates / "avg152T1.nii").exists():
-        print(f"error: {args.templates}: no avg152T1.nii (the shared data are not beside the checkout)",
-              file=sys.stderr)
-        return 2
     if not args.mask and args.out is None:
         parser.error("give --mask, --out DIR or both")
-    if args.mask:
-        make_mask(args.templates)
-    if args.out is not None:
-        print(make_pair(args.out, args.templates))
+    try:
+        if args.mask:
+            make_mask(args.templates)
+        if args.out is not None:
+            print(make_pair(args.out, args.templates))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

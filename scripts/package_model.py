@@ -32,10 +32,13 @@ def main() -> None:
         net = build_generator(config.model)
         net.load_state_dict(payload["generators"][key])
         nets.append(net)
-    # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case folder
-    # (AURORA_sample/t1.nii.gz, mni152/t1.nii.gz) says what the model was trained on
+    # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case says what
+    # the model was trained on: the folder is kept only where the file name alone names no case (t1.nii.gz)
     def case(path: str) -> str:
-        return "/".join(Path(path).parts[-2:])
+        from medsynth.report import case_id
+
+        p = Path(path)
+        return f"{p.parent.name}/{p.name}" if case_id(p) == p.parent.name else p.name
 
     config.a, config.b = [case(p) for p in config.a], [case(p) for p in config.b]
     config.val_a, config.val_b = [case(p) for p in config.val_a], [case(p) for p in config.val_b]

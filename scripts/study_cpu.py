@@ -121,7 +121,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                             model={"gate_scale": 10.0, "base_smooth": 0.7}),
     "ssim30_gate10_augbase_lesions_smooth12_seed1": _ssim30(seed=1, augment_base=True, lesion_augment=0.5,
                                                             model={"gate_scale": 10.0, "base_smooth": 1.2}),
-    # the packaged recipe with a fourth, healthy training pair: the MNI avg152 T1/T2 templates, skull-stripped and
+    # the packaged recipe with one more, healthy training pair: the MNI avg152 T1/T2 templates, skull-stripped and
     # resampled to 1 mm (scripts/make_template_pair.py); extra anatomy and its T1/T2 relation, no pathology
     "ssim30_gate10_augbase_lesions_smooth07_mni": _ssim30(augment_base=True, lesion_augment=0.5, extra_pairs=["mni152"],
                                                           model={"gate_scale": 10.0, "base_smooth": 0.7}),
@@ -148,7 +148,8 @@ def cases() -> list[Path]:
     return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
 
 
-#: extra training pairs a recipe may name (``extra_pairs``): name -> function writing the pair into a folder
+#: extra training pairs a recipe may name (``extra_pairs``): name -> the script module whose ``make_pair(folder)``
+#: writes the pair
 EXTRA_PAIRS = {"mni152": "make_template_pair"}
 
 
@@ -220,7 +221,7 @@ def measure_speed(recipe: str, train_cases: list[Path], tmp: Path, steps: int = 
 
     out = tmp / f"speed_{recipe}"
     shutil.rmtree(out, ignore_errors=True)
-    config = build_config(recipe, train_cases, train_cases[0], out, steps, val_every=10**9)
+    config = build_config(recipe, train_cases, train_cases[0], out, steps, val_every=10**9, extra_root=tmp / "_extra")
     config.val_a, config.val_b = [], []
     config.sample_every = config.checkpoint_every = 10**9
     import torch

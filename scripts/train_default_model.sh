@@ -4,7 +4,7 @@
 # residual correction of the inverted histogram match, smoothed by 0.7 px, with intensity augmentation into its base
 # and synthetic lesions (--recipe cpu --paired), on every core with bf16 where the
 # CPU has it. Two patients and a healthy pair (the MNI avg152 T1/T2 templates, skull-stripped, 1 mm:
-# scripts/make_template_pair.py; the sixth pass of the study) train it; BraTS-GLI-00001-000, the packaged sample,
+# scripts/make_template_pair.py; the sixth pass of the study) train it for 2,052 steps; BraTS-GLI-00001-000, the packaged sample,
 # is held out and validates it.
 # Then it is packaged (fp16) into medsynth/models/.
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --steps N --device cuda]
@@ -12,14 +12,15 @@ set -euo pipefail
 run=${1:?usage: $0 RUN_DIR [options]}; shift
 shared=${MEDSYNTH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 data=$shared/brain_t1t2
-# beside the run folder, not in it (medsynth-train refuses a run folder that is not empty unless --resume)
-pair=${run%/}_mni152
+# beside the run folder, not in it (medsynth-train refuses a run folder that is not empty unless --resume); the
+# folder is named mni152, which the packaged model records as its training case
+pair="$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$run")_extra/mni152"
 python "$(dirname "$0")/make_template_pair.py" --templates "$shared/templates_2mm" --out "$pair"
 medsynth-train \
   --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" "$pair/t1.nii.gz" \
   --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" "$pair/t2.nii.gz" \
   --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz" \
-  --out "$run" --paired --recipe cpu --steps 1368 \
-  --sample-every 684 --checkpoint-every 500 --val-every 342 --log-every 50 "$@"
+  --out "$run" --paired --recipe cpu --steps 2052 \
+  --sample-every 1026 --checkpoint-every 500 --val-every 513 --log-every 50 "$@"
 # the final model, not the best validation round: choosing on the held-out patient would make its figures a best case
 python "$(dirname "$0")/package_model.py" "$run/model.pt"

@@ -65,6 +65,10 @@ def test_monai_runner_gives_the_voxels_of_medsynth_convert(tmp_path: Path, make_
     _same_image(elsewhere / "out_bundle.nii.gz", tmp_path / "out_convert.nii.gz")
     # a translation, not a copy of the input
     assert not np.allclose(nib.load(elsewhere / "out_bundle.nii.gz").get_fdata(), nib.load(src).get_fdata())
+    # the packaged model was trained on registered pairs, and its metadata says so
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["task"].startswith("Paired") and meta["data_source"].startswith("registered")
+    assert "trained on registered pairs" in meta["description"]
 
 
 def test_bundle_layout_model_file_and_metadata(tmp_path: Path, tiny_model: Path) -> None:
@@ -84,6 +88,9 @@ def test_bundle_layout_model_file_and_metadata(tmp_path: Path, tiny_model: Path)
     assert meta["numpy_version"] == np.__version__
     assert meta["required_packages_version"]["medsynth"] == medsynth.__version__
     assert meta["medsynth"]["direction"] == "t2-to-t1" and "T2 to T1" in meta["task"]
+    paired = json.loads(json.dumps(torch.load(tiny_model, weights_only=True)["config"]))["paired"]
+    assert meta["task"].startswith("Paired" if paired else "Unpaired")
+    assert ("CycleGAN" in meta["description"]) != paired
     image = meta["network_data_format"]["inputs"]["image"]
     assert image["num_channels"] == 1 and meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 1
     config = json.loads((bundle / "configs" / "inference.json").read_text())
