@@ -135,6 +135,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mni_2052_seed1": _ssim30(seed=1, steps=2052, augment_base=True,
                                                                      lesion_augment=0.5, extra_pairs=["mni152"],
                                                                      model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    # the packaged recipe with the template pair made thick-slice (5 mm along S-I), as the patients' scans are:
+    # the axial slices the network trains on then carry the same partial-volume mixing as the patients'
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052": _ssim30(steps=2052, augment_base=True, lesion_augment=0.5,
+                                                                    extra_pairs=["mni152_slab5"],
+                                                                    model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_seed1": _ssim30(
+        seed=1, steps=2052, augment_base=True, lesion_augment=0.5, extra_pairs=["mni152_slab5"],
+        model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -148,17 +156,21 @@ def cases() -> list[Path]:
     return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
 
 
-#: extra training pairs a recipe may name (``extra_pairs``): name -> the script module whose ``make_pair(folder)``
-#: writes the pair
-EXTRA_PAIRS = {"mni152": "make_template_pair"}
+#: extra training pairs a recipe may name (``extra_pairs``): name -> (the script module whose
+#: ``make_pair(folder, **options)`` writes the pair, its options)
+EXTRA_PAIRS: dict[str, tuple[str, dict[str, Any]]] = {
+    "mni152": ("make_template_pair", {}),
+    # thick slices as the patients' scans have (their through-plane blur: x5-6 along S-I on the 1 mm grid)
+    "mni152_slab5": ("make_template_pair", {"slab_mm": 5.0}),
+}
 
 
 def extra_pair(name: str, root: Path) -> Path:
     """The folder of an extra training pair (``t1.nii.gz``, ``t2.nii.gz``), made under ``root`` on first use."""
     import importlib
 
-    module = importlib.import_module(EXTRA_PAIRS[name])
-    return module.make_pair(root / name)
+    module, options = EXTRA_PAIRS[name]
+    return importlib.import_module(module).make_pair(root / name, **options)
 
 
 def build_config(recipe: str, train_cases: list[Path], held_out: Path, out: Path, steps: int,
