@@ -175,14 +175,14 @@ def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK, sl
     """
     import nibabel as nib
 
+    if slab_mm:
+        thick_slices(np.zeros((1, 1, 4), np.float32), np.eye(4), slab_mm)  # refuses a bad value before any work
     sources = {"t1": templates / "avg152T1.nii", "t2": templates / "avg152T2.nii", "mask": mask_path}
     images = {name: _load(path, f"{name} template" if name != "mask" else "brain mask")
               for name, path in sources.items()}
     for name in ("t1", "t2"):
         if images[name].shape != images["mask"].shape or not np.allclose(images[name].affine, images["mask"].affine):
             raise ValueError(f"{sources[name]}: not on the brain mask's grid ({mask_path})")
-    if slab_mm:
-        thick_slices(np.zeros((1, 1, 4), np.float32), np.eye(4), slab_mm)  # refuses a bad value before any work
     stamp = {"version": VERSION, **{name: _digest(path) for name, path in sources.items()}}
     if slab_mm:
         stamp["slab_mm"] = float(slab_mm)

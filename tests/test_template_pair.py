@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,33 @@ def test_upsample_keeps_voxel_centres_and_world_positions(tp) -> None:
         np.testing.assert_allclose(np.linalg.norm(new[:3, :3], axis=0), 1.0)  # 1 mm voxels, any rotation
 
 
+def test_thick_slices_average_slabs_along_s_i_whatever_the_voxel_order(tp) -> None:
+    """A thin bright sheet across S-I spreads over its 5 mm slab and fades linearly to the next slab centres;
+    in-plane detail and a constant are untouched; S-I is found from the affine (here voxel axis 0)."""
+    volume = np.zeros((30, 8, 6), np.float32)  # axis 0 is S-I below
+    volume[12] = 1.0  # slab 10..14 (centre 12), neighbours centred at 7 and 17
+    volume[:, 3, 2] += 0.5  # an in-plane line along S-I's own direction: constant along it, so kept
+    affine = np.array([[0, 0, -1.0, 0], [0, 1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]])  # voxel axis 0 -> S
+    out = tp.thick_slices(volume, affine, 5.0)
+    profile = out[:, 0, 0]
+    np.testing.assert_allclose(profile[12], 0.2, atol=1e-6)  # the slab's mean
+    np.testing.assert_allclose(profile[[7, 17]], 0.0, atol=1e-6)  # the next slabs' centres hold nothing of it
+    np.testing.assert_allclose(profile[[10, 14]], 0.2 * 3 / 5, atol=1e-6)  # linear between centres
+    np.testing.assert_allclose(out.sum(axis=0)[0, 0], volume.sum(axis=0)[0, 0], rtol=1e-5)  # nothing made or lost
+    np.testing.assert_allclose(out[:, 3, 2] - profile, 0.5, atol=1e-6)  # detail across other axes kept
+    assert out.shape == volume.shape and out.dtype == np.float32
+    # the same volume with S-I on the last voxel axis gives the same result, transposed
+    moved = tp.thick_slices(np.moveaxis(volume, 0, -1), np.diag([1.0, 1.0, 1.0, 1.0]), 5.0)
+    np.testing.assert_allclose(np.moveaxis(moved, -1, 0), out, atol=1e-6)
+    # the last slab may be thinner (30 = 6 x 5 here; 32 leaves a 2-voxel slab whose centre is 30.5)
+    tail = np.zeros((1, 1, 32), np.float32)
+    tail[0, 0, 30:] = 1.0
+    np.testing.assert_allclose(tp.thick_slices(tail, np.eye(4), 5.0)[0, 0, 30:], [3 / 3.5, 1.0], atol=1e-6)
+    for bad in (0.0, -3.0, float("nan"), 1.2):
+        with pytest.raises(ValueError, match="slab thickness"):
+            tp.thick_slices(volume, affine, bad)
+
+
 def test_bad_input_is_one_line_and_status_2_and_a_user_folder_is_kept(tp, tmp_path: Path, capsys) -> None:
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -85,6 +113,15 @@ def test_bad_input_is_one_line_and_status_2_and_a_user_folder_is_kept(tp, tmp_pa
     pair = tp.make_pair(tmp_path / "pair", templates, mask)
     assert sorted(f.name for f in pair.iterdir()) == ["inputs.json", "t1.nii.gz", "t2.nii.gz"]
     assert nib.load(pair / "t1.nii.gz").shape == (11, 11, 11)
+    stamp = (pair / "inputs.json").read_text()
+    # a bad slab thickness: one line, status 2, the pair left as it was
+    assert tp.main(["--templates", str(templates), "--out", str(pair), "--slab-mm", "-2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "slab thickness -2.0 mm" in err
+    assert (pair / "inputs.json").read_text() == stamp
+    # thick slices are another pair: the stamp says so and the pair is made again
+    tp.make_pair(pair, templates, mask, slab_mm=4.0)
+    assert json.loads((pair / "inputs.json").read_text())["slab_mm"] == 4.0
 
 
 def test_shared_templates_make_the_committed_mask_and_a_pair_training_accepts(tp, shared_data: Path,
