@@ -294,7 +294,7 @@ def extra_scores(run: Path, held_out: Path) -> dict[str, dict[str, dict[str, flo
 #: lesion masks of the shared patients (``scripts/make_lesion_masks.py``): 1 oedema, 2 core
 LESIONS = HERE / "study_data" / "lesion_masks"
 #: the packaged model's recipe and held-out patient: that fold's run is the packaged model itself
-PACKAGED = ("ssim30_gate10_augbase_lesions_smooth07_mni", "BraTS-GLI-00001-000")
+PACKAGED = ("ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052", "BraTS-GLI-00001-000")
 REGIONS = ("brain", "oedema", "core", "lesion")
 
 

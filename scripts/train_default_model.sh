@@ -3,9 +3,10 @@
 # leave-one-out study (scripts/study_cpu.py, scripts/results/study_cpu.md): registered pairs (--paired), a
 # residual correction of the inverted histogram match, smoothed by 0.7 px, with intensity augmentation into its base
 # and synthetic lesions (--recipe cpu --paired), on every core with bf16 where the
-# CPU has it. Two patients and a healthy pair (the MNI avg152 T1/T2 templates, skull-stripped, 1 mm:
-# scripts/make_template_pair.py; the sixth pass of the study) train it for 2,052 steps; BraTS-GLI-00001-000, the packaged sample,
-# is held out and validates it.
+# CPU has it. Two patients and a healthy pair (the MNI avg152 T1/T2 templates, skull-stripped, 1 mm, made
+# thick-slice over 5 mm slabs along S-I as the patients' scans are: scripts/make_template_pair.py --slab-mm 5; the
+# sixth and seventh passes of the study) train it for 2,052 steps; BraTS-GLI-00001-000, the packaged sample, is held
+# out and validates it.
 # Then it is packaged (fp16) into medsynth/models/.
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --steps N --device cuda]
 set -euo pipefail
@@ -13,9 +14,9 @@ run=${1:?usage: $0 RUN_DIR [options]}; shift
 shared=${MEDSYNTH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 data=$shared/brain_t1t2
 # beside the run folder, not in it (medsynth-train refuses a run folder that is not empty unless --resume); the
-# folder is named mni152, which the packaged model records as its training case
-pair="$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$run")_extra/mni152"
-python "$(dirname "$0")/make_template_pair.py" --templates "$shared/templates_2mm" --out "$pair"
+# folder is named mni152_slab5 (as in the study), which the packaged model records as its training case
+pair="$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$run")_extra/mni152_slab5"
+python "$(dirname "$0")/make_template_pair.py" --templates "$shared/templates_2mm" --slab-mm 5 --out "$pair"
 medsynth-train \
   --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" "$pair/t1.nii.gz" \
   --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" "$pair/t2.nii.gz" \
