@@ -80,6 +80,20 @@ def upsample(volume: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return out, affine @ np.diag([0.5, 0.5, 0.5, 1.0])
 
 
+def slab_width(slab_mm: float, spacing: float) -> int:
+    """The number of voxels of ``spacing`` mm in a slab ``slab_mm`` thick.
+
+    Raises:
+        ValueError: ``slab_mm`` not finite and positive, or thinner than two voxels.
+    """
+    if not np.isfinite(slab_mm) or slab_mm <= 0:
+        raise ValueError(f"slab thickness {slab_mm} mm: must be a positive number")
+    width = int(round(slab_mm / spacing))
+    if width < 2:
+        raise ValueError(f"slab thickness {slab_mm} mm: under two voxels of {spacing:g} mm")
+    return width
+
+
 def thick_slices(volume: np.ndarray, affine: np.ndarray, slab_mm: float) -> np.ndarray:
     """``volume`` as a scan of slices ``slab_mm`` thick along S-I resampled back onto its grid: the mean of each
     slab, linearly interpolated between slab centres (held beyond the first and last centre).
@@ -89,13 +103,8 @@ def thick_slices(volume: np.ndarray, affine: np.ndarray, slab_mm: float) -> np.n
     """
     import nibabel as nib
 
-    if not np.isfinite(slab_mm) or slab_mm <= 0:
-        raise ValueError(f"slab thickness {slab_mm} mm: must be a positive number")
     axis = [code in "SI" for code in nib.aff2axcodes(affine)].index(True)
-    spacing = float(np.linalg.norm(affine[:3, axis]))
-    width = int(round(slab_mm / spacing))
-    if width < 2:
-        raise ValueError(f"slab thickness {slab_mm} mm: under two voxels of {spacing:g} mm")
+    width = slab_width(slab_mm, float(np.linalg.norm(affine[:3, axis])))
     moved = np.moveaxis(volume.astype(np.float32), axis, -1)
     n = moved.shape[-1]
     starts = np.arange(0, n, width)
@@ -176,7 +185,7 @@ def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK, sl
     import nibabel as nib
 
     if slab_mm:
-        thick_slices(np.zeros((1, 1, 4), np.float32), np.eye(4), slab_mm)  # refuses a bad value before any work
+        slab_width(slab_mm, 1.0)  # a bad value refused before any work, on the pair's 1 mm grid
     sources = {"t1": templates / "avg152T1.nii", "t2": templates / "avg152T2.nii", "mask": mask_path}
     images = {name: _load(path, f"{name} template" if name != "mask" else "brain mask")
               for name, path in sources.items()}
