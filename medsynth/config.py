@@ -112,6 +112,9 @@ class TrainConfig:
     lesion_dark: tuple[float, float] = (0.12, 0.40)
     #: probability that a synthetic oedema gets a core, bright in T1 and intermediate grey in T2
     lesion_core: float = 0.5
+    #: where synthetic lesions go: ``anywhere`` in the brain, or ``white`` (centred in the first domain's white
+    #: matter and shaped by it, as vasogenic oedema is; ``medsynth.lesions``)
+    lesion_site: str = "anywhere"
     #: with ``intensity_augment`` and a residual generator: the random bias field, contrast change and noise reach
     #: the base the network sees (its base is re-derived from the augmented image, rank for rank, as conversion's
     #: histogram match of a whole volume would give), not only the image channel the base was already taken from

@@ -10,6 +10,12 @@ core, bright in T1 (an enhancing tumour) and intermediate grey in T2. Each blob 
 tissue's texture. Levels are drawn as quantiles of each slice's own foreground, so the blobs need no knowledge of a
 scanner's units.
 
+Where: ``site="anywhere"`` centres blobs on any foreground pixel (cortex and ventricles too). ``site="white"`` puts
+them where vasogenic oedema lies: centred in white matter (the brightest part of the first domain's foreground, a
+T1's white matter) and spreading along it, the weight shaped by a smoothed white-matter mask, so the cortex beside
+it keeps its grey matter. The network then sees grey-matter-level T1 inside white matter as what turns bright, not
+grey-matter-level T1 in general (which would brighten the cortex of every patient).
+
 Channel layout (see :meth:`medsynth.training.DomainData.add_base`): ``[image, base, (context bases...),
 standardised]`` for residual generators, ``[image]`` otherwise. The image and the standardised channel get the
 lesion; the base (the inverted histogram match of the image, a monotone decreasing map of it) is recomputed from
@@ -24,9 +30,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["paste_lesions"]
+__all__ = ["SITES", "paste_lesions"]
 
 BACKGROUND = -1.0  # the normalised background level
+#: where :func:`paste_lesions` may centre its blobs
+SITES = ("anywhere", "white")
+#: ``site="white"``: the first domain's foreground above this quantile is white matter (in a T1 about the brightest
+#: half of the brain; grey matter and CSF are darker)
+WHITE_QUANTILE = 0.55
 
 
 def _blob(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float], angle: float,
@@ -62,7 +73,7 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
                   bright: tuple[float, float] = (0.85, 0.98), texture: float = 0.3,
                   softness: tuple[float, float] = (3.0, 8.0), core: float = 0.0,
                   core_a: tuple[float, float] = (0.85, 0.99), core_b: tuple[float, float] = (0.35, 0.65),
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  site: str = "anywhere") -> tuple[torch.Tensor, torch.Tensor]:
     """Paste ``count`` oedema-like blobs (and perhaps a core) into a registered pair of training slices.
 
     Args:
@@ -80,15 +91,31 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
         core: probability that the largest blob gets a core of 0.3-0.6 its size.
         core_a: range of the foreground quantile of ``a`` the core takes (bright in T1, as an enhancing tumour).
         core_b: range of the foreground quantile of ``b`` the core takes (intermediate grey in T2).
+        site: ``"anywhere"`` (centres on any foreground pixel) or ``"white"`` (centres in the white matter of ``a``,
+            the oedema shaped by it; anywhere when the slice has too little white matter).
 
     Returns:
         New ``(a, b)`` tensors (inputs unchanged); the same ones when the slice has no foreground.
+
+    Raises:
+        ValueError: an unknown ``site``.
     """
+    if site not in SITES:
+        raise ValueError(f"unknown lesion site {site!r}: use one of {', '.join(SITES)}")
     xa, xb = a.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32)
     fg = (xa[0] > BACKGROUND + 1e-3) & (xb[0] > BACKGROUND + 1e-3)
     if fg.sum() < 50:
         return a, b
     ys, xs = np.nonzero(fg)
+    follow = None
+    if site == "white":
+        white = fg & (xa[0] > np.quantile(xa[0][fg], WHITE_QUANTILE))
+        if white.sum() >= 25:
+            from scipy.ndimage import gaussian_filter
+
+            ys, xs = np.nonzero(white)
+            # soft: the oedema fades at the grey-white border instead of stopping at a pixel-sharp edge
+            follow = np.clip(gaussian_filter(white.astype(np.float32), 1.5) * 1.5, 0.0, 1.0)
     weight = np.zeros(fg.shape, np.float32)
     largest: tuple[float, tuple[int, int], tuple[float, float], float] | None = None
     for _ in range(int(rng.integers(count[0], count[1] + 1))):
@@ -100,6 +127,8 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
         if largest is None or radii[0] * radii[1] > largest[0]:
             largest = (radii[0] * radii[1], (int(ys[k]), int(xs[k])), radii, angle)
     weight *= fg
+    if follow is not None:
+        weight *= follow
     levels = [(weight, float(rng.uniform(*dark)), float(rng.uniform(*bright)))]
     if core > 0 and largest is not None and rng.random() < core:
         scale = float(rng.uniform(0.3, 0.6))

@@ -205,7 +205,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs) if pairs else None
         self.intensity = intensity_augment_transform("image") if config.intensity_augment else None
         self.lesion_augment = float(config.lesion_augment)
-        self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core)}
+        self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core),
+                               "site": config.lesion_site}
         self.augment_base = bool(config.augment_base)
         if self.pairs is not None:
             axis = "axial" if a.is_2d else config.axis
@@ -470,6 +471,10 @@ class Trainer:
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
+        from medsynth.lesions import SITES
+
+        if config.lesion_site not in SITES:
+            raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(SITES)}")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")
@@ -913,7 +918,8 @@ class Plan:
             reaches = c.augment_base and m.residual == "invert" and m.residual_input == "base"
             augmented.append("intensity augmentation" + (" (into the base)" if reaches else ""))
         if self.pairs is not None and c.lesion_augment > 0:
-            augmented.append(f"synthetic lesions in {c.lesion_augment:.0%} of pairs")
+            augmented.append(f"synthetic lesions in {c.lesion_augment:.0%} of pairs"
+                             + (" (in white matter)" if c.lesion_site == "white" else ""))
         if augmented:
             objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
         done = f", resuming at {self.start}" if self.start else ""

@@ -143,6 +143,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_seed1": _ssim30(
         seed=1, steps=2052, augment_base=True, lesion_augment=0.5, extra_pairs=["mni152_slab5"],
         model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    # the packaged recipe with its synthetic lesions where vasogenic oedema lies (--lesion-site white: centred in the
+    # T1's white matter and shaped by it): lesions anywhere teach that grey-matter-level T1 may turn T2-bright, and
+    # the held-out patients' normal tissue comes out too bright (brain bias +0.08 in T1 -> T2, study_slab.md)
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_white": _ssim30(
+        steps=2052, augment_base=True, lesion_augment=0.5, lesion_site="white", extra_pairs=["mni152_slab5"],
+        model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_white_seed1": _ssim30(
+        seed=1, steps=2052, augment_base=True, lesion_augment=0.5, lesion_site="white", extra_pairs=["mni152_slab5"],
+        model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},

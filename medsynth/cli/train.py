@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lesion-augment", type=float, default=d.lesion_augment, metavar="P",
                    help="--paired: probability that a training pair gets synthetic tumour-like lesions (oedema "
                         "moderately dark in T1 and bright in T2, some with a T1-bright core)")
+    g.add_argument("--lesion-site", choices=("anywhere", "white"), default=d.lesion_site,
+                   help="where synthetic lesions go: anywhere in the brain, or centred in the white matter of the "
+                        "first domain and shaped by it, as vasogenic oedema is (default: %(default)s)")
     g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
                    help="paired validation: source-domain volumes (matched to --val-t2 by case)")
     g.add_argument("--val-t2", "--val-b", dest="val_b", nargs="+", metavar="SRC", default=[],
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
-        lesion_augment=args.lesion_augment, threads=args.threads,
+        lesion_augment=args.lesion_augment, lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
         enhance=[s for s in args.enhance.split(",") if s], seed=args.seed, device=args.device, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
