@@ -152,6 +152,14 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_white_seed1": _ssim30(
         seed=1, steps=2052, augment_base=True, lesion_augment=0.5, lesion_site="white", extra_pairs=["mni152_slab5"],
         model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    # ceilings, not leave-one-out (``train_on``): the packaged recipe with the held-out patient among its training
+    # pairs (how much of the error is generalisation), and the network fitted to the held-out patient alone, four
+    # times as long with no augmentation (how much this network and slice-wise T1/T2 data allow at all)
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_seen": _ssim30(
+        train_on="all", steps=2052, augment_base=True, lesion_augment=0.5, extra_pairs=["mni152_slab5"],
+        model={"gate_scale": 10.0, "base_smooth": 0.7}),
+    "ssim30_gate10_smooth07_self_8208": _ssim30(train_on="held_out", steps=8208, intensity_augment=False,
+                                                model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
     "paired_residual_whole": {"paired": True, "lambda_adv": 0.0, "lambda_cycle": 0.0, "lambda_identity": 0.0,
                               "intensity_augment": True, "size": 240, "model": {"residual": "invert"}},
@@ -185,12 +193,14 @@ def extra_pair(name: str, root: Path) -> Path:
 def build_config(recipe: str, train_cases: list[Path], held_out: Path, out: Path, steps: int,
                  val_every: int, seed: int = 0, extra_root: Path | None = None) -> Any:
     """The TrainConfig of one fold. Extra pairs the recipe names are made under ``extra_root`` (default: the
-    study's root, ``out/../../_extra``) and join the training cases; the held-out patient is never among them."""
+    study's root, ``out/../../_extra``) and join the training cases; the held-out patient is never among the extra
+    pairs (it is among ``train_cases`` only in a ceiling recipe's fold, see ``train_on``)."""
     from medsynth.config import ModelConfig, TrainConfig
 
     spec = json.loads(json.dumps(BASE))
     override = json.loads(json.dumps(RECIPES[recipe]))
     spec["model"].update(override.pop("model", {}))
+    override.pop("train_on", None)  # who trains is the caller's (run_fold's) business
     extras = override.pop("extra_pairs", [])
     if extras:
         root = extra_root if extra_root is not None else out.parent.parent / "_extra"
@@ -262,7 +272,9 @@ def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes
     if (out / "model.pt").exists():
         return out
     steps = steps or max(int(minutes * 60 / seconds_per_step), 10)
-    train_cases = [c for c in all_cases if c != fold]
+    train_on = RECIPES[recipe].get("train_on", "others")
+    # "others" is leave-one-out; "all" and "held_out" are the ceilings (the held-out patient trains too, or alone)
+    train_cases = {"others": [c for c in all_cases if c != fold], "all": list(all_cases), "held_out": [fold]}[train_on]
     config = build_config(recipe, train_cases, fold, out, steps, val_every=max(steps // points, 1))
     config.threads = threads if threads is not None else config.threads
     print(f"[{recipe} / held out {fold.name}] {steps} steps (~{minutes:g} min at {seconds_per_step:.3f} s/step)",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from medsynth.lesions import paste_lesions
@@ -122,3 +123,40 @@ def test_oedema_sits_at_grey_matter_level_in_t1_and_cores_are_t1_bright_t2_grey(
                                softness=(60, 60), dark=(0.03, 0.25))
     assert torch.equal(old_b, b2)  # the same blob, the same T2 level: only the T1 level differs
     assert float(old[0][flat].mean()) <= q(a, 0.25) + 1e-3
+
+
+def brain_slice(size: int = 64) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """A T1/T2-like pair with anatomy (single channel): bright white matter inside, a grey-matter ring outside it,
+    a dark ventricle in the middle; and the mask of the ring away from the white matter (the cortex)."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2 + 0.5, xx - size / 2 + 0.5)
+    noise = 0.02 * np.random.default_rng(1).normal(size=r.shape)
+    t1 = np.where(r < 4, -0.8, np.where(r < 18, 0.6, np.where(r < 28, 0.0, -1.0))) + np.where(r < 28, noise, 0)
+    t2 = np.where(r < 28, -0.9 * t1, -1.0)
+    cortex = (r > 22) & (r < 28)
+    return torch.from_numpy(t1[None].astype(np.float32)), torch.from_numpy(t2[None].astype(np.float32)), cortex
+
+
+def test_white_site_puts_oedema_in_white_matter_and_spares_the_cortex() -> None:
+    a, b, cortex = brain_slice()
+    white = (a[0] > 0.3).numpy()
+    hits = {"anywhere": [0, 0], "white": [0, 0]}  # changed pixels in the cortex, in the white matter
+    for site in hits:
+        for seed in range(12):
+            a2, b2 = paste_lesions(a, b, np.random.default_rng(seed), radius=(4, 8), site=site)
+            changed = ((a2[0] - a[0]).abs() > 0.05).numpy()
+            hits[site][0] += int((changed & cortex).sum())
+            hits[site][1] += int((changed & white).sum())
+            # T1 darker and T2 brighter inside an oedema wherever it lands in white matter (no core asked)
+            inside = changed & white
+            if inside.any():
+                assert (a2[0] - a[0]).numpy()[inside].mean() < 0 < (b2[0] - b[0]).numpy()[inside].mean()
+    # anywhere: the cortex gets its share of blobs; white: the white matter gets them and the cortex none
+    assert hits["anywhere"][0] > 200
+    assert hits["white"][1] > 400 and hits["white"][0] == 0
+    # a slice with no white matter to speak of falls back to anywhere, and a bad site is refused
+    flat = torch.where(a > -1, torch.zeros_like(a), a)
+    out = paste_lesions(flat, b, np.random.default_rng(0), site="white")
+    assert ((out[0] - flat).abs() > 0.05).any()
+    with pytest.raises(ValueError, match="unknown lesion site 'grey'"):
+        paste_lesions(a, b, np.random.default_rng(0), site="grey")

@@ -143,6 +143,19 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
     assert "error: --pool-size: -1 must not be negative" in _bad(tmp_path, capsys, [t1], [t2], ("--pool-size", "-1"))
     assert "error: --lesion-augment: 1.5 is not a probability (0 to 1)" in _bad(tmp_path, capsys, [t1], [t2],
                                                                               ("--lesion-augment", "1.5"))
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--t1", t1, "--t2", t2, "--out", str(tmp_path / "site"), "--lesion-site", "grey"])
+    assert stop.value.code == 2 and "invalid choice: 'grey'" in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()
+    # a configuration made in Python (or read from JSON) is checked as the command line is
+    from medsynth.config import TrainConfig
+    from medsynth.errors import InputError
+    from medsynth.training import train
+
+    with pytest.raises(InputError, match="'grey' is not one of anywhere, white"):
+        train(TrainConfig(a=[t1], b=[t2], out=str(tmp_path / "api"), size=32, steps=1, lesion_site="grey"),
+              progress=False)
+    assert not (tmp_path / "api").exists()
 
 
 def test_existing_run_needs_resume(tmp_path: Path, domains: tuple[Path, Path],
@@ -574,6 +587,9 @@ def test_plan_line_says_which_augmentations_run() -> None:
     # the CPU recipe with --paired turns both on
     assert CPU_PAIRED_RECIPE["augment_base"] and CPU_PAIRED_RECIPE["intensity_augment"]
     assert CPU_PAIRED_RECIPE["lesion_augment"] == 0.5
+    config.lesion_augment, config.lesion_site = 0.5, "white"
+    assert "synthetic lesions in 50% of pairs (in white matter);" in Plan(config, torch.device("cpu"), False, 1,
+                                                                        pairs=[(0, 0)]).line()
 
 
 def test_base_smooth_trains_converts_and_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
