@@ -62,6 +62,8 @@ class ModelConfig:
 
 RESIDUALS = ("none", "invert")
 RESIDUAL_INPUTS = ("image", "base")
+#: where synthetic lesions may go (:attr:`TrainConfig.lesion_site`, ``medsynth.lesions``)
+LESION_SITES = ("anywhere", "white")
 
 
 @dataclass

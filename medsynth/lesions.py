@@ -30,11 +30,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medsynth.config import LESION_SITES as SITES
+
 __all__ = ["SITES", "paste_lesions"]
 
 BACKGROUND = -1.0  # the normalised background level
-#: where :func:`paste_lesions` may centre its blobs
-SITES = ("anywhere", "white")
 #: ``site="white"``: the first domain's foreground above this quantile is white matter (in a T1 about the brightest
 #: half of the brain; grey matter and CSF are darker)
 WHITE_QUANTILE = 0.55
@@ -106,16 +106,16 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
     fg = (xa[0] > BACKGROUND + 1e-3) & (xb[0] > BACKGROUND + 1e-3)
     if fg.sum() < 50:
         return a, b
-    ys, xs = np.nonzero(fg)
-    follow = None
+    centres, follow = fg, None
     if site == "white":
         white = fg & (xa[0] > np.quantile(xa[0][fg], WHITE_QUANTILE))
         if white.sum() >= 25:
             from scipy.ndimage import gaussian_filter
 
-            ys, xs = np.nonzero(white)
+            centres = white
             # soft: the oedema fades at the grey-white border instead of stopping at a pixel-sharp edge
             follow = np.clip(gaussian_filter(white.astype(np.float32), 1.5) * 1.5, 0.0, 1.0)
+    ys, xs = np.nonzero(centres)
     weight = np.zeros(fg.shape, np.float32)
     largest: tuple[float, tuple[int, int], tuple[float, float], float] | None = None
     for _ in range(int(rng.integers(count[0], count[1] + 1))):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.config import TrainConfig
+from medsynth.config import LESION_SITES, TrainConfig
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
 from medsynth.files import atomic_path, atomic_save, write_atomic
@@ -471,10 +471,8 @@ class Trainer:
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
-        from medsynth.lesions import SITES
-
-        if config.lesion_site not in SITES:
-            raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(SITES)}")
+        if config.lesion_site not in LESION_SITES:
+            raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")

@@ -168,6 +168,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def train_on(recipe: str) -> str:
+    """Who trains a recipe's fold: ``others`` (leave-one-out), or a ceiling's ``all`` (the held-out patient too) or
+    ``held_out`` (it alone)."""
+    return RECIPES.get(recipe, {}).get("train_on", "others")
+
+
 def cases() -> list[Path]:
     """The shared paired patients (folders holding t1.nii.gz and t2.nii.gz)."""
     return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
@@ -272,9 +278,8 @@ def run_fold(recipe: str, fold: Path, all_cases: list[Path], root: Path, minutes
     if (out / "model.pt").exists():
         return out
     steps = steps or max(int(minutes * 60 / seconds_per_step), 10)
-    train_on = RECIPES[recipe].get("train_on", "others")
-    # "others" is leave-one-out; "all" and "held_out" are the ceilings (the held-out patient trains too, or alone)
-    train_cases = {"others": [c for c in all_cases if c != fold], "all": list(all_cases), "held_out": [fold]}[train_on]
+    train_cases = {"others": [c for c in all_cases if c != fold], "all": list(all_cases),
+                   "held_out": [fold]}[train_on(recipe)]
     config = build_config(recipe, train_cases, fold, out, steps, val_every=max(steps // points, 1))
     config.threads = threads if threads is not None else config.threads
     print(f"[{recipe} / held out {fold.name}] {steps} steps (~{minutes:g} min at {seconds_per_step:.3f} s/step)",
@@ -474,7 +479,7 @@ def lesion_report(result: dict[str, Any], results_dir: Path, name: str = "study_
     safe = json.loads(json.dumps(result, allow_nan=True).replace("NaN", "null"))
     write_atomic(results_dir / f"{name}.json", json.dumps(safe, indent=2) + "\n")
     # a ceiling recipe scores patients it trained on: the title must not call such a report leave-one-out
-    ceilings = [r for r in result["recipes"] if RECIPES.get(r, {}).get("train_on", "others") != "others"]
+    ceilings = [r for r in result["recipes"] if train_on(r) != "others"]
     heading = "Lesion regions (leave-one-out" + (", and ceilings that are not)" if ceilings else ")")
     write_atomic(results_dir / f"{name}.md", f"# {heading}\n\n{intro}{table}\n")
     print(f"wrote {results_dir / name}.md, .json")

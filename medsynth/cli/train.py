@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from medsynth.config import (AXES, GENERATORS, RECIPES, RESIDUAL_INPUTS, RESIDUALS, ModelConfig, TrainConfig,
-                             recipe_values)
+from medsynth.config import (AXES, GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, ModelConfig,
+                             TrainConfig, recipe_values)
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.enhance import STEPS
 from medsynth.errors import InputError, exit_on_error
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lesion-augment", type=float, default=d.lesion_augment, metavar="P",
                    help="--paired: probability that a training pair gets synthetic tumour-like lesions (oedema "
                         "moderately dark in T1 and bright in T2, some with a T1-bright core)")
-    g.add_argument("--lesion-site", choices=("anywhere", "white"), default=d.lesion_site,
+    g.add_argument("--lesion-site", choices=LESION_SITES, default=d.lesion_site,
                    help="where synthetic lesions go: anywhere in the brain, or centred in the white matter of the "
                         "first domain and shaped by it, as vasogenic oedema is (default: %(default)s)")
     g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
