@@ -76,7 +76,10 @@ class TrainConfig:
     ``paired`` matches the two sets by case name (co-registered pairs, e.g. BraTS): both images of a pair get
     the same slice, crop, flip and affine, and ``lambda_paired`` x (|G_ab(a) - b| + |G_ba(b) - a|) joins the
     CycleGAN objective, and ``lambda_ssim`` x (1 - SSIM) of the same pairs (MONAI's ``SSIMLoss``, 2D, on [0, 1]),
-    which keeps the local contrast that L1 alone averages away. ``lambda_adv = 0`` with ``lambda_cycle = 0``
+    which keeps the local contrast that L1 alone averages away, and ``lambda_histogram`` x the L1 distance between
+    the sorted foreground intensities of each translation and its target (:func:`medsynth.cyclegan.histogram_loss`,
+    the 1-D Wasserstein distance of their histograms), which charges a compressed bright or dark end wherever it
+    lies, as L1 and SSIM do not where a pixel's target is uncertain. ``lambda_adv = 0`` with ``lambda_cycle = 0``
     leaves plain paired regression (no discriminators are run). ``extra_a``/``extra_b`` are unpaired volumes that feed the adversarial and
     cycle terms only.
     """
@@ -103,6 +106,7 @@ class TrainConfig:
     paired: bool = False
     lambda_paired: float = 10.0
     lambda_ssim: float = 0.0
+    lambda_histogram: float = 0.0
     extra_a: list[str] = field(default_factory=list)
     extra_b: list[str] = field(default_factory=list)
     augment: bool = True

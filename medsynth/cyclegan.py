@@ -16,6 +16,7 @@ from torch import nn
 
 from medsynth.config import TrainConfig
 from medsynth.files import atomic_save
+from medsynth.intensity import BACKGROUND_LEVEL
 from medsynth.networks import build_discriminator, build_generator, init_weights, histogram_targets
 
 MODEL_FORMAT = "medsynth-model"
@@ -220,6 +221,12 @@ class CycleGAN(nn.Module):
                 # on [0, 1], as the evaluation scores it
                 losses["ssim_b"] = self.ssim((out["fake_b"].float() + 1) / 2, (_loss_image(target_b) + 1) / 2) * c.lambda_ssim
                 losses["ssim_a"] = self.ssim((out["fake_a"].float() + 1) / 2, (_loss_image(target_a) + 1) / 2) * c.lambda_ssim
+            if c.lambda_histogram > 0:
+                # where both images of the pair are tissue: the translation's background is the source's
+                losses["hist_b"] = histogram_loss(out["fake_b"].float(), _loss_image(target_b),
+                                                  _foreground(inputs_a) & _foreground(target_b)) * c.lambda_histogram
+                losses["hist_a"] = histogram_loss(out["fake_a"].float(), _loss_image(target_a),
+                                                  _foreground(inputs_b) & _foreground(target_a)) * c.lambda_histogram
         if not losses:
             raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
         loss_g = torch.stack(list(losses.values())).sum()
@@ -248,6 +255,28 @@ class CycleGAN(nn.Module):
             losses.update(d_a=loss_d_a, d_b=loss_d_b)
         return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"].detach(),
                                                               "_fake_a": out["fake_a"].detach()}
+
+
+def histogram_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between the sorted values of ``pred`` and ``target`` inside ``foreground``, per
+    image, averaged over the batch: the 1-D Wasserstein distance between their intensity histograms.
+
+    It does not care where a value lies, only that the translation has as many bright (and dark) pixels as the
+    target: where L1 and SSIM meet a pixel whose target they cannot tell (thin CSF in a sulcus, a lesion's edge),
+    they pull it toward its surroundings and compress the histogram's ends, which this term charges.
+
+    Args:
+        pred, target: (N, 1, H, W) images.
+        foreground: (N, 1, H, W) booleans; an image without foreground adds nothing.
+    """
+    terms = [(torch.sort(p[m]).values - torch.sort(t[m]).values).abs().mean()
+             for p, t, m in zip(pred, target, foreground) if bool(m.any())]
+    return torch.stack(terms).mean() if terms else pred.sum() * 0.0
+
+
+def _foreground(x: torch.Tensor) -> torch.Tensor:
+    """Where the first channel of normalised data is tissue (the background is exactly -1)."""
+    return x[:, :1] > BACKGROUND_LEVEL
 
 
 def _loss_image(x: torch.Tensor) -> torch.Tensor:

@@ -453,6 +453,11 @@ class Trainer:
             raise InputError("--decay-steps", f"{config.decay_steps} must be between 0 and --steps ({config.steps})")
         if config.threads is not None and config.threads < 1:
             raise InputError("--threads", f"{config.threads} must be at least 1")
+        for option in ("lambda_adv", "lambda_cycle", "lambda_identity", "lambda_paired", "lambda_ssim",
+                       "lambda_histogram"):
+            value = getattr(config, option)
+            if not math.isfinite(value) or value < 0:
+                raise InputError(f"--{option.replace('_', '-')}", f"{value:g} must be a finite number, not negative")
         if config.lambda_adv <= 0 and config.lambda_cycle <= 0 and not (config.paired and config.lambda_paired > 0):
             raise InputError("--lambda-adv", "nothing to learn: no adversarial, cycle or paired term is left")
         for option in ("log_every", "sample_every", "checkpoint_every", "val_every", "keep_checkpoints"):
@@ -910,6 +915,7 @@ class Plan:
             objective.append("cycle" + (" + identity" if c.lambda_identity > 0 else ""))
         if self.pairs is not None and c.lambda_paired > 0:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
+                             + (f" + histogram x {c.lambda_histogram:g}" if c.lambda_histogram > 0 else "")
                              + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''})")
         augmented = []
         if c.intensity_augment:

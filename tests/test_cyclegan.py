@@ -82,3 +82,47 @@ def test_exported_model_is_weights_only_and_halves(tmp_path: Path) -> None:
     assert payload["format"] == "medsynth-model" and payload["domains"] == ["t1", "t2"]
     assert all(v.dtype == torch.float16 for v in payload["generators"]["a_to_b"].values() if v.is_floating_point())
     assert half.stat().st_size < 0.7 * full.stat().st_size
+
+
+def test_histogram_loss_sees_the_histogram_not_the_places() -> None:
+    from medsynth.cyclegan import histogram_loss
+
+    torch.manual_seed(0)
+    target = torch.rand(2, 1, 16, 16) * 2 - 1
+    inside = torch.ones_like(target, dtype=torch.bool)
+    inside[:, :, :4] = False
+    # the same values elsewhere: no histogram difference, though L1 is large
+    shuffled = target.flatten(1)[:, torch.randperm(256)].reshape_as(target)
+    assert float(histogram_loss(shuffled, target, torch.ones_like(inside))) == pytest.approx(0.0, abs=1e-7)
+    assert float((shuffled - target).abs().mean()) > 0.3
+    # a compressed bright end: every value above 0.5 brought down to 0.5
+    squashed = target.clamp(max=0.5)
+    expected = float(torch.stack([(t[m] - s[m]).abs().mean() for t, s, m in zip(target, squashed, inside)]).mean())
+    assert float(histogram_loss(squashed, target, inside)) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.01
+    # only the foreground counts, and an image without any adds nothing
+    changed = squashed.clone()
+    changed[:, :, :4] = 5.0
+    assert float(histogram_loss(changed, target, inside)) == pytest.approx(expected, rel=1e-5)
+    empty = inside.clone()
+    empty[1] = False
+    first = float((target[0][inside[0]] - squashed[0][inside[0]]).abs().mean())
+    assert float(histogram_loss(squashed, target, empty)) == pytest.approx(first, rel=1e-5)
+    assert float(histogram_loss(squashed, target, torch.zeros_like(inside))) == 0.0
+
+
+def test_paired_histogram_term_is_logged_and_trained() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(paired=True, lambda_adv=0.0, lambda_cycle=0.0, lambda_histogram=10.0, lr=1e-3)
+    model = CycleGAN(config)
+    opt_g, opt_d = model.optimizers()
+    a = torch.rand(2, 1, 32, 32) * 2 - 1
+    a[:, :, :6] = -1.0  # background
+    b = torch.where(a > -1, -a, torch.full_like(a, -1.0))
+    first = model.train_step(a, b, opt_g, opt_d, target_a=a, target_b=b)
+    assert {"paired_a", "paired_b", "hist_a", "hist_b"} <= set(first) and "ssim_a" not in first
+    for _ in range(60):
+        last = model.train_step(a, b, opt_g, opt_d, target_a=a, target_b=b)
+    assert float(last["hist_a"] + last["hist_b"]) < 0.5 * float(first["hist_a"] + first["hist_b"])
+    plain = CycleGAN(tiny_config(paired=True, lambda_adv=0.0, lambda_cycle=0.0))
+    assert "hist_a" not in plain.train_step(a, b, *plain.optimizers(), target_a=a, target_b=b)

@@ -590,6 +590,18 @@ def test_plan_line_says_which_augmentations_run() -> None:
     config.lesion_augment, config.lesion_site = 0.5, "white"
     assert "synthetic lesions in 50% of pairs (in white matter);" in Plan(config, torch.device("cpu"), False, 1,
                                                                         pairs=[(0, 0)]).line()
+    config.lambda_histogram = 10.0
+    assert "paired L1 x 10 + SSIM x 30 + histogram x 10 (1 pair)" in Plan(config, torch.device("cpu"), False, 1,
+                                                                          pairs=[(0, 0)]).line()
+
+
+def test_loss_weights_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    a, b = str(tmp_path / "t1"), str(tmp_path / "t2")
+    for option, value in (("--lambda-histogram", "-1"), ("--lambda-ssim", "nan"), ("--lambda-paired", "-0.5")):
+        line = _bad(tmp_path, capsys, [a], [b], ("--paired", option, value))
+        assert option in line and "finite number, not negative" in line
 
 
 def test_base_smooth_trains_converts_and_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

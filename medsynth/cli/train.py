@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the paired L1 term (with --paired)")
     o.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
                    help="weight of 1 - SSIM between translated and registered target (with --paired)")
+    o.add_argument("--lambda-histogram", type=float, default=d.lambda_histogram,
+                   help="weight of the L1 distance between the sorted foreground intensities of translated and "
+                        "registered target (their histograms; with --paired)")
     o.add_argument("--pool-size", type=int, default=d.pool_size, help="image pool of generated images (0: none)")
     r = p.add_argument_group("running")
     r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
@@ -191,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
+        lambda_histogram=args.lambda_histogram,
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
         lesion_augment=args.lesion_augment, lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
