@@ -46,6 +46,7 @@ setup(
             "medsynth-eval=medsynth.cli:eval_main",
             "medsynth-enhance=medsynth.cli:enhance_main",
             "medsynth-serve=medsynth.cli:serve_main",
+            "medsynth-calibrate=medsynth.cli:calibrate_main",
         ]
     },
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Medical Science Apps."],

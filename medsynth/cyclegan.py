@@ -292,7 +292,8 @@ def generator_inputs(x: torch.Tensor) -> torch.Tensor:
 
 
 def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: nn.Module,
-                 stats: dict[str, dict[str, float]], extra: dict[str, Any] | None = None, half: bool = False) -> Path:
+                 stats: dict[str, dict[str, float]], extra: dict[str, Any] | None = None, half: bool = False,
+                 calibration: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write the inference-ready model: both generators, the configuration, each domain's intensity statistics
     and the domain names, in a file that ``torch.load(..., weights_only=True)`` reads.
 
@@ -304,6 +305,7 @@ def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: n
         stats: ``{domain name: IntensityStats dict}``.
         extra: more JSON-like information (validation figures, steps).
         half: store weights as float16 (halves the file; they are computed in float32 again at load).
+        calibration: output curves by direction (:mod:`medsynth.curves`; ``medsynth-calibrate`` adds them).
     """
     def weights(net: nn.Module) -> dict[str, torch.Tensor]:
         net = getattr(net, "_orig_mod", getattr(net, "module", net))
@@ -319,6 +321,8 @@ def export_model(path: str | Path, config: TrainConfig, g_ab: nn.Module, g_ba: n
         "generators": {"a_to_b": weights(g_ab), "b_to_a": weights(g_ba)},
         "extra": extra or {},
     }
+    if calibration:
+        payload["calibration"] = calibration
     return atomic_save(payload, Path(path))
 
 

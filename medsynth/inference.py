@@ -85,6 +85,9 @@ class Translator:
         threads: CPU threads (default: every core this process may use).
         crop: translate only the box around the foreground (with :attr:`margin` voxels of background); outside
             it the output is background anyway.
+        calibration: output curves by direction (``OutputCurve`` dicts, :mod:`medsynth.curves`), as a model
+            file carries them after ``medsynth-calibrate``.
+        calibrate: apply them (False: the network's output as it is).
 
     Example:
         >>> t = Translator.from_file("run/model.pt")            # doctest: +SKIP
@@ -94,7 +97,10 @@ class Translator:
     def __init__(self, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig, stats: dict[str, dict[str, float]],
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
                  source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False,
-                 precision: str = "auto", threads: int | None = None, crop: bool = True) -> None:
+                 precision: str = "auto", threads: int | None = None, crop: bool = True,
+                 calibration: dict[str, dict[str, Any]] | None = None, calibrate: bool = True) -> None:
+        from medsynth.curves import OutputCurve
+
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
             set_threads(threads)
@@ -132,6 +138,12 @@ class Translator:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = torch.compile(net) if compile else net
         self.precision = "bf16" if self.amp else "fp32"
+        unknown = sorted(set(calibration or {}) - set(self.networks))
+        if unknown:
+            raise ValueError(f"calibration for unknown directions {unknown} (the model's: {list(self.networks)})")
+        #: output curves by direction (every one the model carries, applied or not)
+        self.curves = {k: OutputCurve.from_dict(v) for k, v in (calibration or {}).items()}
+        self.calibrate = calibrate
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -152,11 +164,19 @@ class Translator:
             for name in config.names:
                 if name not in stats:
                     raise KeyError(name)
+            from medsynth.curves import OutputCurve
+
+            calibration = {str(k): OutputCurve.from_dict(v).to_dict()
+                           for k, v in dict(payload.get("calibration") or {}).items()}
+            unknown = sorted(set(calibration) - {f"{config.names[0]}-to-{config.names[1]}",
+                                                 f"{config.names[1]}-to-{config.names[0]}"})
+            if unknown:
+                raise KeyError(f"calibration for unknown directions {unknown}")
         except InputError:
             raise
         except Exception as exc:
             raise InputError(path, f"a damaged medsynth model ({type(exc).__name__}: {exc})") from None
-        return cls(nets[0], nets[1], config, stats, device=device, source=path, **kwargs)
+        return cls(nets[0], nets[1], config, stats, device=device, source=path, calibration=calibration, **kwargs)
 
     @classmethod
     def from_networks(cls, g_ab: nn.Module, g_ba: nn.Module, config: TrainConfig,
@@ -178,7 +198,13 @@ class Translator:
         return {"source": self.source, "domains": list(self.domains), "directions": self.directions,
                 "axes": list(AXIS_CHOICES), "generator": self.config.model.generator, "ngf": self.config.model.ngf,
                 "size": self.config.size, "enhance": list(self.config.enhance), "device": str(self.device),
-                "precision": self.precision, "threads": torch.get_num_threads() if self.device.type == "cpu" else None}
+                "precision": self.precision, "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                "calibrated": self.calibrated}
+
+    @property
+    def calibrated(self) -> list[str]:
+        """The directions whose output goes through a calibration curve."""
+        return sorted(self.curves) if self.calibrate else []
 
     def pixels_per_second(self) -> float:
         """Slice pixels per second through a generator here, measured once on a small batch (a fraction of a
@@ -418,6 +444,8 @@ class Translator:
         target = IntensityStats.from_dict(self.stats[dst])
         # on a GPU the fusion and intensity mapping stay there; only the result comes back
         y = denormalise(y, target, foreground[index].to(y.device)).cpu()[0].numpy()
+        if self.calibrate and key in self.curves:
+            y = self.curves[key].apply(y, foreground[index][0].numpy())
         if box is not None:
             # in Fortran order, NIfTI's voxel order: a writer then copies it as it is instead of transposing
             full = np.full(x.shape[1:][::-1], target.background, np.float32).T

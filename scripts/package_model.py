@@ -44,7 +44,8 @@ def main() -> None:
     config.val_a, config.val_b = [case(p) for p in config.val_a], [case(p) for p in config.val_b]
     config.out = ""
     extra = dict(payload.get("extra", {}), packaged_from=source.name)
-    export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True)
+    export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
+                 calibration=payload.get("calibration"))
     translator = Translator.from_file(args.out, device="cpu")
     size = args.out.stat().st_size / 2**20
     print(f"packaged {source} -> {args.out} ({size:.1f} MiB, directions {translator.directions})")

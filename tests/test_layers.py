@@ -202,7 +202,7 @@ def console_scripts() -> list[tuple[str, str]]:
 
 def test_setup_py_names_every_command() -> None:
     names = {name for name, _ in console_scripts()}
-    assert names == {f"medsynth-{c}" for c in ("train", "convert", "eval", "enhance", "serve", "demo")}
+    assert names == {f"medsynth-{c}" for c in ("train", "convert", "eval", "enhance", "serve", "demo", "calibrate")}
     assert all(target.startswith(CLI + ".") or target.startswith(CLI + ":") for _, target in console_scripts())
 
 

@@ -12,6 +12,7 @@ medsynth-eval      eval                         :mod:`medsynth.cli.eval`
 medsynth-enhance   enhance                      :mod:`medsynth.cli.enhance`
 medsynth-serve     serve                        :mod:`medsynth.cli.serve`
 medsynth-demo      demo                         :mod:`medsynth.cli.demo`
+medsynth-calibrate calibrate                    :mod:`medsynth.cli.calibrate`
 (none)             bundle                       :mod:`medsynth.cli.bundle` (a model as a MONAI bundle)
 (none)             worker                       :mod:`medsynth.cli.worker` (jobs on stdin; the Slicer module)
 =================  ===========================  ========================================
@@ -23,6 +24,7 @@ Shared helpers: :func:`exit_on_error` (from :mod:`medsynth.errors`) and :class:`
 from __future__ import annotations
 
 from medsynth.cli.bundle import main as bundle_main
+from medsynth.cli.calibrate import main as calibrate_main
 from medsynth.cli.convert import build_parser as convert_parser
 from medsynth.cli.convert import main as convert_main
 from medsynth.cli.demo import main as demo_main
@@ -40,6 +42,7 @@ __all__ = [
     "InputError",
     "Reporter",
     "bundle_main",
+    "calibrate_main",
     "convert_main",
     "convert_parser",
     "demo_main",
@@ -62,4 +65,5 @@ COMMANDS = {
     "demo": demo_main,
     "worker": worker_main,
     "bundle": bundle_main,
+    "calibrate": calibrate_main,
 }

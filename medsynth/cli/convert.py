@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-crop", dest="crop", action="store_false",
                    help="translate whole slices, not only the box around the foreground (slower; same result "
                         "outside it). Without it: the box only")
+    p.add_argument("--no-calibration", dest="calibration", action="store_false",
+                   help="skip the model's output calibration curve (medsynth-calibrate), if it carries one: the "
+                        "network's output as it is")
     p.add_argument("--dtype", choices=("float32", "input"), default="float32",
                    help="output voxel type: float32, or the input's own (rounded and clipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
@@ -90,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile,
-                                      precision=args.precision, threads=args.threads, crop=args.crop)
+                                      precision=args.precision, threads=args.threads, crop=args.crop,
+                                      calibrate=args.calibration)
     translator._resolve_direction(args.direction)
     outputs: list[Path] = []
     skipped = 0
