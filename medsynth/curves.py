@@ -10,7 +10,10 @@ Both sides are compared as distributions over the foreground, each volume normal
 0.5-99.5 % range (the range evaluation normalises by): the curve maps the mean of the outputs' quantile functions
 to the mean of the real targets' at :data:`LEVELS` levels. Applied to a new output normalised the same way, the
 result is mapped back to that output's own range, so intensities keep the domain's scale. It is the same map for
-every patient (it does not re-match each patient's histogram, which would move with lesion volume).
+every patient (it does not re-match each patient's histogram, which would move with lesion volume). A monotone
+map cannot separate tissues the network renders at one level: on the shared patients a T1 -> T2 curve lifts the whole
+brain and darkens the lesions with the white matter (``scripts/results/study_calibrate.md``), so the packaged model
+carries none.
 """
 
 from __future__ import annotations
