@@ -67,21 +67,6 @@ def fold_scores(root: Path, recipes: list[str], direction: str, packaged: bool) 
     return result
 
 
-def means(folds: dict[str, Any], which: str) -> dict[str, Any]:
-    """Means over folds: ``{direction: {kind: {region: {psnr, ssim, mae, bias}}}}`` (a region a patient lacks is
-    averaged over the folds that have it)."""
-    out: dict[str, Any] = {}
-    for d in DIRECTIONS:
-        out[d] = {}
-        for kind in ("model", "fair", "oracle"):
-            out[d][kind] = {}
-            for region in REGIONS:
-                have = [f[which][d][kind][region] for f in folds.values() if f[which][d][kind][region]["voxels"]]
-                out[d][kind][region] = {m: float(np.mean([h[m] for h in have])) if have else float("nan")
-                                        for m in ("psnr", "ssim", "mae", "bias")}
-    return out
-
-
 def rule(result: dict[str, Any], recipes: list[str], direction: str) -> tuple[bool, list[str]]:
     """The pass's rule (scripts/study_data/intros/study_calibrate.md) and one line per test."""
     lines, ok = [], True
@@ -191,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"direction": args.direction, "folds": folds, "means": {}}
     for recipe in recipes:
         if recipe in folds:
-            result["means"][recipe] = {w: means(folds[recipe], w) for w in ("plain", "calibrated")}
+            result["means"][recipe] = {w: study_cpu.fold_means([f[w] for f in folds[recipe].values()], REGIONS)
+                                       for w in ("plain", "calibrated")}
     intro = args.intro.read_text() if args.intro and args.intro.exists() else ""
     write_report(result, recipes, args.direction, args.results, args.name, intro)
     return 0

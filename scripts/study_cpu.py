@@ -370,6 +370,21 @@ def lesion_scores(model: Path, held_out: Path, cache: Path | None = None) -> dic
 SEEN = "packaged_model_incl_its_training_patients"
 
 
+def fold_means(folds: list[dict[str, Any]], regions: tuple[str, ...] = REGIONS) -> dict[str, Any]:
+    """Means over folds of :func:`lesion_scores` dicts: ``{direction: {kind: {region: {psnr, ssim, mae, bias,
+    folds}}}}``; a region some patient lacks (no core) is averaged over the folds that have it (``folds``: how many)."""
+    means: dict[str, Any] = {}
+    for d in ("t1-to-t2", "t2-to-t1"):
+        means[d] = {}
+        for kind in ("model", "fair", "oracle"):
+            means[d][kind] = {}
+            for region in regions:
+                have = [f[d][kind][region] for f in folds if f[d][kind][region]["voxels"]]
+                means[d][kind][region] = {m: float(np.mean([h[m] for h in have])) if have else float("nan")
+                                          for m in ("psnr", "ssim", "mae", "bias")} | {"folds": len(have)}
+    return means
+
+
 def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False) -> dict[str, Any]:
     """:func:`lesion_scores` of every finished fold of ``recipes`` in ``root`` (the packaged model standing in for
     its own fold, :data:`PACKAGED`), and per recipe the means over folds; ``packaged_seen``: also the packaged
@@ -399,16 +414,7 @@ def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False) ->
             folds[case.name]["steps"] = json.loads(config.read_text())["steps"] if config.exists() else 1368
         if not folds:
             continue
-        means: dict[str, Any] = {}
-        for d in ("t1-to-t2", "t2-to-t1"):
-            means[d] = {}
-            for kind in ("model", "fair", "oracle"):
-                means[d][kind] = {}
-                for region in REGIONS:
-                    # a region some patient lacks (no core) is averaged over the folds that have it
-                    have = [f[d][kind][region] for f in folds.values() if f[d][kind][region]["voxels"]]
-                    means[d][kind][region] = {m: float(np.mean([h[m] for h in have])) if have else float("nan")
-                                              for m in ("psnr", "ssim", "mae", "bias")} | {"folds": len(have)}
+        means = fold_means(list(folds.values()))
         minutes = [f["train_minutes"] for f in folds.values() if f["train_minutes"] is not None]
         result["recipes"][recipe] = {"folds": folds, "means": means,
                                      "train_minutes": float(np.mean(minutes)) if minutes else None}

@@ -7,7 +7,7 @@ import sys
 from typing import Sequence
 
 from medsynth.cli.formatter import HelpFormatter
-from medsynth.errors import InputError, exit_on_error
+from medsynth.errors import exit_on_error
 from medsynth.io import find_files
 
 __all__ = ["build_parser", "main"]
@@ -41,8 +41,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     sources = find_files(args.source, what="volume")
     targets = find_files(args.target, what="volume")
-    from medsynth.calibration import calibrate_model  # torch and MONAI: not for --help
-    from medsynth.inference import Translator
+    import numpy as np
+
+    # torch and MONAI: not for --help
+    from medsynth.calibration import calibrate_model
+    from medsynth.curves import OutputCurve
+    from medsynth.inference import read_model_file
 
     bar = None
     if args.progress == "bar":
@@ -60,12 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
-    translator = Translator.from_file(out, device="cpu")
-    if not translator.curves:
-        raise InputError(out, "was written without a curve")
-    import numpy as np
-
-    for direction, curve in translator.curves.items():
+    for direction, data in read_model_file(out)["calibration"].items():
+        curve = OutputCurve.from_dict(data)
         at = np.interp([0.1, 0.5, 0.9], curve.x, curve.y)
         print(f"{direction}: output at 10/50/90 % of its range -> {' / '.join(f'{v:.2f}' for v in at)} "
               f"({len(curve.sources)} source, {len(curve.targets)} target volumes)", file=sys.stderr)
