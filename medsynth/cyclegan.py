@@ -164,7 +164,8 @@ class CycleGAN(nn.Module):
     def train_step(self, real_a: torch.Tensor, real_b: torch.Tensor, opt_g: torch.optim.Optimizer,
                    opt_d: torch.optim.Optimizer, generators: nn.Module | None = None,
                    discriminators: nn.Module | None = None, autocast: bool = False,
-                   target_a: torch.Tensor | None = None, target_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   target_a: torch.Tensor | None = None, target_b: torch.Tensor | None = None,
+                   extra_a: torch.Tensor | None = None, extra_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One iteration: update both generators, then both discriminators.
 
         Args:
@@ -179,6 +180,10 @@ class CycleGAN(nn.Module):
                 with ``target_b`` it adds the paired L1 term. ``real_a``/``real_b`` may carry intensity
                 augmentation, the targets do not.
             target_b: the B image registered to ``real_a``.
+            extra_a: unpaired domain-A slices (laid out as ``real_a``) beside paired batches: they join ``real_a``
+                in the adversarial, cycle and identity terms and as real A for the discriminator, never the paired
+                ones.
+            extra_b: likewise for domain B.
 
         Returns:
             Detached loss tensors; nothing here waits for the device, so logging decides when to sync.
@@ -191,6 +196,12 @@ class CycleGAN(nn.Module):
         use_cycle = c.lambda_cycle > 0
         use_identity = c.lambda_identity > 0 and use_cycle
         use_paired = target_a is not None and target_b is not None and c.lambda_paired > 0
+        # the paired terms see the first n_a (n_b) images of each batch; unpaired slices follow them
+        n_a, n_b = real_a.shape[0], real_b.shape[0]
+        if extra_a is not None:
+            real_a = torch.cat([real_a, extra_a])
+        if extra_b is not None:
+            real_b = torch.cat([real_b, extra_b])
         # residual training data carry [image, base, neighbours' bases (2.5D), standardised image]: the generators
         # see all but the last, the losses and discriminators the standardised image (plain data: the image alone)
         inputs_a, inputs_b = generator_inputs(real_a), generator_inputs(real_b)
@@ -215,18 +226,19 @@ class CycleGAN(nn.Module):
             losses["idt_a"] = self.l1(out["idt_a"].float(), real_a) * weight
             losses["idt_b"] = self.l1(out["idt_b"].float(), real_b) * weight
         if use_paired:
-            losses["paired_b"] = self.l1(out["fake_b"].float(), _loss_image(target_b)) * c.lambda_paired
-            losses["paired_a"] = self.l1(out["fake_a"].float(), _loss_image(target_a)) * c.lambda_paired
+            paired_b, paired_a = out["fake_b"][:n_a].float(), out["fake_a"][:n_b].float()
+            losses["paired_b"] = self.l1(paired_b, _loss_image(target_b)) * c.lambda_paired
+            losses["paired_a"] = self.l1(paired_a, _loss_image(target_a)) * c.lambda_paired
             if self.ssim is not None:
                 # on [0, 1], as the evaluation scores it
-                losses["ssim_b"] = self.ssim((out["fake_b"].float() + 1) / 2, (_loss_image(target_b) + 1) / 2) * c.lambda_ssim
-                losses["ssim_a"] = self.ssim((out["fake_a"].float() + 1) / 2, (_loss_image(target_a) + 1) / 2) * c.lambda_ssim
+                losses["ssim_b"] = self.ssim((paired_b + 1) / 2, (_loss_image(target_b) + 1) / 2) * c.lambda_ssim
+                losses["ssim_a"] = self.ssim((paired_a + 1) / 2, (_loss_image(target_a) + 1) / 2) * c.lambda_ssim
             if c.lambda_histogram > 0:
                 # where both images of the pair are tissue: the translation's background is the source's
-                losses["hist_b"] = histogram_loss(out["fake_b"].float(), _loss_image(target_b),
-                                                  _foreground(inputs_a) & _foreground(target_b)) * c.lambda_histogram
-                losses["hist_a"] = histogram_loss(out["fake_a"].float(), _loss_image(target_a),
-                                                  _foreground(inputs_b) & _foreground(target_a)) * c.lambda_histogram
+                losses["hist_b"] = histogram_loss(paired_b, _loss_image(target_b),
+                                                  _foreground(inputs_a[:n_a]) & _foreground(target_b)) * c.lambda_histogram
+                losses["hist_a"] = histogram_loss(paired_a, _loss_image(target_a),
+                                                  _foreground(inputs_b[:n_b]) & _foreground(target_a)) * c.lambda_histogram
         if not losses:
             raise ValueError("nothing to learn: every loss weight is zero (or --paired is off with only a paired loss)")
         loss_g = torch.stack(list(losses.values())).sum()
@@ -239,13 +251,14 @@ class CycleGAN(nn.Module):
             opt_d.zero_grad(set_to_none=True)
             fake_a = self.pool_a.query(out["fake_a"].detach().float())
             fake_b = self.pool_b.query(out["fake_b"].detach().float())
-            n = real_a.shape[0]
+            # with unpaired slices the real and generated batches of a domain may differ in size
+            m_a, m_b = real_a.shape[0], real_b.shape[0]
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
                 # one forward over real and fake together (instance norm is per image, so this changes nothing)
                 # keeps DistributedDataParallel at one call per backward
                 logit_a, logit_b = discriminators(torch.cat([real_a, fake_a]), torch.cat([real_b, fake_b]))
-            real_logit_a, fake_logit_a = logit_a[:n], logit_a[n:]
-            real_logit_b, fake_logit_b = logit_b[:n], logit_b[n:]
+            real_logit_a, fake_logit_a = logit_a[:m_a], logit_a[m_a:]
+            real_logit_b, fake_logit_b = logit_b[:m_b], logit_b[m_b:]
             loss_d_a = 0.5 * (self.adversarial(real_logit_a.float(), target_is_real=True, for_discriminator=True)
                               + self.adversarial(fake_logit_a.float(), target_is_real=False, for_discriminator=True))
             loss_d_b = 0.5 * (self.adversarial(real_logit_b.float(), target_is_real=True, for_discriminator=True)
@@ -253,8 +266,8 @@ class CycleGAN(nn.Module):
             (loss_d_a + loss_d_b).backward()
             opt_d.step()
             losses.update(d_a=loss_d_a, d_b=loss_d_b)
-        return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"].detach(),
-                                                              "_fake_a": out["fake_a"].detach()}
+        return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"][:n_a].detach(),
+                                                              "_fake_a": out["fake_a"][:n_b].detach()}
 
 
 def histogram_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:

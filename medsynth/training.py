@@ -192,10 +192,13 @@ class SliceDataset(torch.utils.data.Dataset):
     Unpaired: one random slice of a random A volume and one of a random B volume. Paired: one random pair,
     its two volumes stacked as channels so that one slice, crop, flip and affine serve both; with
     ``intensity_augment`` each input gets its own random intensity changes and the clean images are the
-    paired targets (``a_target``, ``b_target``)."""
+    paired targets (``a_target``, ``b_target``). ``extra_a``/``extra_b`` (unpaired volumes beside the pairs) add
+    one random slice of one of them to every sample (``extra_a``, ``extra_b``), augmented as its domain's inputs
+    are, drawn from a random stream of their own so that the pairs' samples stay those of a run without them."""
 
     def __init__(self, a: DomainData, b: DomainData, config: TrainConfig,
-                 pairs: Sequence[tuple[int, int]] | None = None) -> None:
+                 pairs: Sequence[tuple[int, int]] | None = None, extra_a: DomainData | None = None,
+                 extra_b: DomainData | None = None) -> None:
         from medsynth.transforms import intensity_augment_transform, train_slice_transform
 
         from medsynth.config import AXIS_INDEX
@@ -224,6 +227,10 @@ class SliceDataset(torch.utils.data.Dataset):
                                                  config.augment, config.flip)
         self.transform_b = train_slice_transform("image", config.size, axis_b, config.min_foreground,
                                                  config.augment, config.flip)
+        self.extras = {name: domain for name, domain in (("a", extra_a), ("b", extra_b)) if domain is not None}
+        for name, domain in self.extras.items():
+            self.coverage[f"extra_{name}"] = [slice_coverage(v, AXIS_INDEX["axial" if domain.is_2d else config.axis])
+                                              for v in domain.volumes]
 
     def __len__(self) -> int:
         return 2**62
@@ -254,8 +261,20 @@ class SliceDataset(torch.utils.data.Dataset):
                 transform.set_random_state(seed=int(s))
                 out[name] = _plain(transform({"image": domain.volumes[index],
                                               "image_coverage": self.coverage[name][index]})["image"])
+        augment = [("a", seeds[2]), ("b", seeds[3])]
+        if self.extras:
+            extra_rng = np.random.default_rng([self.seed, k, 2])
+            extra_seeds = extra_rng.integers(0, 2**31 - 1, size=4)
+            for name, domain in self.extras.items():
+                key = f"extra_{name}"
+                transform = self.transform_a if name == "a" else self.transform_b
+                index = int(extra_rng.integers(len(domain)))
+                transform.set_random_state(seed=int(extra_seeds[0 if name == "a" else 1]))
+                out[key] = _plain(transform({"image": domain.volumes[index],
+                                             "image_coverage": self.coverage[key][index]})["image"])
+                augment.append((key, extra_seeds[2 if name == "a" else 3]))
         if self.intensity is not None:
-            for name, s in (("a", seeds[2]), ("b", seeds[3])):
+            for name, s in augment:
                 # the image channel; the base is the clean volume's (as at conversion) unless --augment-base
                 # hands it out again by the augmented image's rank
                 self.intensity.set_random_state(seed=int(s))
@@ -481,6 +500,14 @@ class Trainer:
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")
+        if (config.extra_a or config.extra_b) and not config.paired:
+            raise InputError("--unpaired-a" if config.extra_a else "--unpaired-b",
+                             "unpaired volumes join --paired training; without --paired every volume is unpaired: "
+                             "give them with --a/--b (--t1/--t2)")
+        if (config.extra_a or config.extra_b) and config.lambda_adv <= 0 and config.lambda_cycle <= 0:
+            raise InputError("--unpaired-a" if config.extra_a else "--unpaired-b",
+                             "unpaired volumes teach only through the adversarial and cycle terms: give "
+                             "--lambda-adv or --lambda-cycle above 0")
         if len(config.names) != 2 or config.names[0] == config.names[1] or not all(config.names):
             raise InputError("--names", f"{','.join(config.names)}: give two different domain names, e.g. t1,t2")
 
@@ -512,12 +539,16 @@ class Trainer:
         self._validate(config)
         files_a = find_inputs(config.a, "--a")
         files_b = find_inputs(config.b, "--b")
+        extra_files = {"a": find_inputs(config.extra_a, "--unpaired-a") if config.extra_a else [],
+                       "b": find_inputs(config.extra_b, "--unpaired-b") if config.extra_b else []}
         # one kind for both domains (a 2D/3D mix is refused before any work); conversion checks its inputs by it
-        config.image_kind = kind_of_inputs(files_a + files_b)
+        config.image_kind = kind_of_inputs(files_a + files_b + extra_files["a"] + extra_files["b"])
         val_pairs = self._validation_pairs(config)
         # the run keeps the files themselves, so a resume elsewhere, or after a folder gained files, is the same run
         config.a = [str(p.absolute()) for p in files_a]
         config.b = [str(p.absolute()) for p in files_b]
+        config.extra_a = [str(p.absolute()) for p in extra_files["a"]]
+        config.extra_b = [str(p.absolute()) for p in extra_files["b"]]
         config.val_a = [str(p.absolute()) for p, _ in val_pairs]
         config.val_b = [str(p.absolute()) for _, p in val_pairs]
         device = self._init_distributed()
@@ -530,6 +561,16 @@ class Trainer:
             if given else None)
         self.stats = {name: data.stats.to_dict() | {"quantiles": [float(v) for v in q]}
                       for name, data, q in zip(config.names, (data_a, data_b), quantiles)}
+        # the unpaired volumes: translated as any source volume is (the base onto the other domain's pooled
+        # histogram), and standardised onto their own domain's; the model's statistics stay the paired data's
+        extras: dict[str, DomainData] = {}
+        for key, files, other, own in (("a", extra_files["a"], quantiles[1], quantiles[0]),
+                                       ("b", extra_files["b"], quantiles[0], quantiles[1])):
+            if files:
+                extras[key] = DomainData(files, config.enhance, config.workers, config.cache_dir,
+                                         self.progress and self.dist.main)
+                if config.model.residual == "invert":
+                    extras[key].add_base(other, own, config.model.context, config.axis)
         if init is not None:
             # the source's statistics: a translator of the step-0 networks is the source model, exactly
             self.stats = {name: dict(init["stats"][name]) for name in config.names}
@@ -572,7 +613,8 @@ class Trainer:
 
         workers = config.workers if config.workers >= 0 else default_workers(device)
         loader = torch.utils.data.DataLoader(
-            SliceDataset(data_a, data_b, config, pairs), batch_size=config.batch_size,
+            SliceDataset(data_a, data_b, config, pairs, extra_a=extras.get("a"), extra_b=extras.get("b")),
+            batch_size=config.batch_size,
             sampler=StepSampler(start, config.total_steps, config.batch_size, self.dist),
             num_workers=workers, pin_memory=device.type == "cuda",
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
@@ -581,7 +623,8 @@ class Trainer:
         samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model)))
         writer = self._writer() if self.dist.main else None
         autocast = config.amp and autocast_enabled(device)
-        self._plan = Plan(config, device, autocast, workers, pairs, start, val_pairs=len(val_pairs))
+        self._plan = Plan(config, device, autocast, workers, pairs, start, val_pairs=len(val_pairs),
+                          unpaired=(len(extra_files["a"]), len(extra_files["b"])))
         if self.dist.main:
             self._say(self._plan.line())
         # the fair baseline does not learn: scored once, then printed beside every validation round
@@ -601,7 +644,7 @@ class Trainer:
             if pairs is not None:
                 targets = {"target_a": inputs.get("a_target", inputs["a"]), "target_b": inputs.get("b_target", inputs["b"])}
             losses = model.train_step(inputs["a"], inputs["b"], opt_g, opt_d, generators, discriminators, autocast,
-                                      **targets)
+                                      **targets, extra_a=inputs.get("extra_a"), extra_b=inputs.get("extra_b"))
             # without an adversarial term the discriminators never step; their schedule stays where it is
             for sched in schedulers if config.lambda_adv > 0 else schedulers[:1]:
                 sched.step()
@@ -898,9 +941,11 @@ class Plan:
     WARMUP, TIMED = 3, 10
 
     def __init__(self, config: TrainConfig, device: torch.device, autocast: bool, workers: int,
-                 pairs: Sequence[Any] | None, start: int = 0, val_pairs: int = 0) -> None:
+                 pairs: Sequence[Any] | None, start: int = 0, val_pairs: int = 0,
+                 unpaired: tuple[int, int] = (0, 0)) -> None:
         self.config, self.device, self.autocast, self.workers, self.start = config, device, autocast, workers, start
         self.pairs = pairs
+        self.unpaired = unpaired
         self.val_pairs = val_pairs
         self._t0: float | None = None
         self.seconds_per_step: float | None = None
@@ -926,6 +971,10 @@ class Plan:
                              + (" (in white matter)" if c.lesion_site == "white" else ""))
         if augmented:
             objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
+        if any(self.unpaired):
+            counts = " and ".join(f"{n} {name}" for n, name in zip(self.unpaired, c.names) if n)
+            objective.append(f"{counts} unpaired volume{'s' if sum(self.unpaired) != 1 else ''} "
+                             "(adversarial and cycle terms)")
         done = f", resuming at {self.start}" if self.start else ""
         smoothed = f" smoothed in-plane (Gaussian {m.base_smooth:g} px)" if m.residual == "invert" and m.base_smooth else ""
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"

@@ -126,3 +126,41 @@ def test_paired_histogram_term_is_logged_and_trained() -> None:
     assert float(last["hist_a"] + last["hist_b"]) < 0.5 * float(first["hist_a"] + first["hist_b"])
     plain = CycleGAN(tiny_config(paired=True, lambda_adv=0.0, lambda_cycle=0.0))
     assert "hist_a" not in plain.train_step(a, b, *plain.optimizers(), target_a=a, target_b=b)
+
+
+def test_unpaired_slices_join_the_adversarial_and_cycle_terms_not_the_paired_ones() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    config = tiny_config(paired=True, lambda_adv=1.0, lambda_cycle=10.0, lambda_identity=0.0, lambda_ssim=3.0,
+                         lambda_histogram=1.0, pool_size=0)
+    a = torch.rand(2, 1, 32, 32) * 2 - 1
+    a[:, :, :6] = -1.0
+    b = torch.where(a > -1, -a, torch.full_like(a, -1.0))
+    # unpaired A slices unlike the pairs' (three of them against two pairs: the batches differ in size)
+    extra = torch.where(a[:1].expand(3, -1, -1, -1) > -1, torch.rand(3, 1, 32, 32), torch.full((3, 1, 32, 32), -1.0))
+
+    def step(with_extra: bool) -> tuple[dict[str, torch.Tensor], CycleGAN]:
+        torch.manual_seed(1)
+        model = copy.deepcopy(base)
+        opt_g, opt_d = model.optimizers()
+        return model.train_step(a, b, opt_g, opt_d, target_a=a, target_b=b,
+                                extra_a=extra if with_extra else None), model
+
+    base = CycleGAN(config)
+    plain, _ = step(False)
+    mixed, model = step(True)
+    # instance norm works per image, so the pairs' translations, and every paired term, are those without extras
+    for key in ("paired_a", "paired_b", "ssim_a", "ssim_b", "hist_a", "hist_b"):
+        assert torch.equal(plain[key], mixed[key]), key
+    assert mixed["_fake_b"].shape == (2, 1, 32, 32)
+    # the extras enter the cycle of A, the adversarial term of G_ab and D_A's real images; not B's cycle
+    assert not torch.allclose(plain["cycle_a"], mixed["cycle_a"])
+    assert not torch.allclose(plain["g_ab"], mixed["g_ab"])
+    assert not torch.allclose(plain["d_a"], mixed["d_a"])
+    assert torch.equal(plain["cycle_b"], mixed["cycle_b"])
+    assert all(torch.isfinite(v).all() for v in mixed.values())
+    # and unpaired B slices likewise
+    opt_g, opt_d = model.optimizers()
+    both = model.train_step(a, b, opt_g, opt_d, target_a=a, target_b=b, extra_a=extra, extra_b=-extra)
+    assert {"cycle_a", "cycle_b", "g_ab", "g_ba", "d_a", "d_b", "paired_a"} <= set(both)

@@ -626,3 +626,84 @@ def test_base_smooth_trains_converts_and_is_checked(tmp_path: Path, capsys: pyte
         assert "--base-smooth" in line and "finite number, not negative" in line
     line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "none", "--base-smooth", "1"))
     assert "--base-smooth" in line and "residual" in line
+
+
+# ------------------------------------------------------------------------- unpaired volumes beside the pairs
+
+
+def test_unpaired_volumes_add_slices_and_leave_the_pairs_samples_alone(tmp_path: Path) -> None:
+    from conftest import phantom
+
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.training import DomainData, SliceDataset, pair_volumes, prepare_domains
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    extra_path = tmp_path / "extra" / "other_t1.nii.gz"
+    extra_path.parent.mkdir()
+    nib.save(nib.Nifti1Image(phantom((26, 28, 10), 7, "t1"), np.eye(4)), extra_path)
+    config = TrainConfig(size=24, paired=True, intensity_augment=True, augment_base=True,
+                         model=ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base"))
+
+    def dataset(with_extra: bool) -> SliceDataset:
+        a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
+        b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+        pairs, quantiles = prepare_domains(a, b, config)
+        extra = None
+        if with_extra:
+            extra = DomainData([extra_path], progress=False)
+            extra.add_base(quantiles[1], quantiles[0])
+        return SliceDataset(a, b, config, pairs, extra_a=extra)
+
+    plain, mixed = dataset(False), dataset(True)
+    for k in range(6):
+        p, m = plain[k], mixed[k]
+        assert set(m) == set(p) | {"extra_a"}
+        for key in p:
+            assert torch.equal(p[key], m[key]), (k, key)
+        # laid out as the pairs' A slices: image, base, standardised image; cropped to --size; tissue in it
+        assert m["extra_a"].shape == m["a"].shape == (3, 24, 24)
+        assert (m["extra_a"][0] > -0.8).sum() > 50
+    # one random stream per sample: drawn again, the same slice
+    assert torch.equal(mixed[3]["extra_a"], mixed[3]["extra_a"])
+
+
+def test_unpaired_volumes_train_and_are_kept_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import phantom
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    extra = tmp_path / "healthy"
+    extra.mkdir()
+    for i in range(2):
+        nib.save(nib.Nifti1Image(phantom((26, 28, 10), 10 + i, "t1"), np.eye(4)), extra / f"h{i}_t1.nii.gz")
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(run), *TINY,
+                       "--steps", "3", "--paired", "--residual", "invert", "--residual-input", "base",
+                       "--unpaired-t1", str(extra), "--lambda-adv", "1", "--lambda-cycle", "10",
+                       "--lambda-identity", "0", "--intensity-augment", "--sample-every", "3"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    plan = err.split("plan:")[1].splitlines()[0]
+    assert "adversarial + cycle + paired L1" in plan and "2 t1 unpaired volumes (adversarial and cycle terms)" in plan
+    model = torch.load(run / "model.pt", weights_only=True)
+    assert model["config"]["extra_a"] == [str((extra / f"h{i}_t1.nii.gz").absolute()) for i in range(2)]
+    # the model's statistics are the pairs' alone: the same as a run without the unpaired volumes
+    again = tmp_path / "again"
+    assert train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(again), *TINY,
+                       "--steps", "1", "--paired", "--residual", "invert", "--residual-input", "base",
+                       "--lambda-adv", "1", "--lambda-cycle", "10"]) == 0
+    assert torch.load(again / "model.pt", weights_only=True)["stats"] == model["stats"]
+
+
+def test_unpaired_volumes_need_pairs_and_a_term_that_sees_them(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = (str(p) for p in _pair(tmp_path, "case0"))
+    line = _bad(tmp_path, capsys, [a], [b], ("--unpaired-t1", a, "--lambda-adv", "1"))
+    assert line.startswith("error: --unpaired-a: ") and "--paired" in line
+    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--unpaired-t2", b, "--lambda-adv", "0",
+                                             "--lambda-cycle", "0"))
+    assert line.startswith("error: --unpaired-b: ") and "--lambda-adv" in line
+    missing = tmp_path / "nowhere"
+    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--unpaired-t1", str(missing), "--lambda-adv", "1"))
+    assert str(missing) in line

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lesion-site", choices=LESION_SITES, default=d.lesion_site,
                    help="where synthetic lesions go: anywhere in the brain, or centred in the white matter of the "
                         "first domain and shaped by it, as vasogenic oedema is (default: %(default)s)")
+    g.add_argument("--unpaired-t1", "--unpaired-a", dest="extra_a", nargs="+", metavar="SRC", default=[],
+                   help="--paired: more first-domain volumes without partners (e.g. healthy T1s of other people); "
+                        "they teach through the adversarial and cycle terms only, so give --lambda-adv or "
+                        "--lambda-cycle")
+    g.add_argument("--unpaired-t2", "--unpaired-b", dest="extra_b", nargs="+", metavar="SRC", default=[],
+                   help="--paired: more second-domain volumes without partners")
     g.add_argument("--val-t1", "--val-a", dest="val_a", nargs="+", metavar="SRC", default=[],
                    help="paired validation: source-domain volumes (matched to --val-t2 by case)")
     g.add_argument("--val-t2", "--val-b", dest="val_b", nargs="+", metavar="SRC", default=[],
@@ -179,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = _domain_names(args.names) if args.names else ("t1", "t2")
     if not args.resume:
         # a 2D/3D mix is refused from the file names, before torch is even imported (training checks it again)
-        kind_of_inputs(find_files(a, what="any") + find_files(b, what="any"))
+        kind_of_inputs(find_files(a, what="any") + find_files(b, what="any")
+                       + [f for src in (args.extra_a, args.extra_b) if src for f in find_files(src, what="any")])
     if not args.resume:
         _apply_recipe(args, _given_options(argv))
     if args.init:
@@ -194,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         decay_steps=args.decay_steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, beta2=args.beta2,
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
-        lambda_histogram=args.lambda_histogram,
+        lambda_histogram=args.lambda_histogram, extra_a=list(args.extra_a), extra_b=list(args.extra_b),
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
         lesion_augment=args.lesion_augment, lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
