@@ -80,8 +80,9 @@ class TrainConfig:
     the sorted foreground intensities of each translation and its target (:func:`medsynth.cyclegan.histogram_loss`,
     the 1-D Wasserstein distance of their histograms), which charges a compressed bright or dark end wherever it
     lies, as L1 and SSIM do not where a pixel's target is uncertain. ``lambda_adv = 0`` with ``lambda_cycle = 0``
-    leaves plain paired regression (no discriminators are run). ``extra_a``/``extra_b`` are unpaired volumes that feed the adversarial and
-    cycle terms only.
+    leaves plain paired regression (no discriminators are run). ``extra_a``/``extra_b`` (``--unpaired-t1/-t2``, with
+    ``paired``) are volumes without partners: a slice of one joins every step's adversarial, cycle and identity
+    terms and its domain's real images for the discriminator, never the paired terms.
     """
 
     a: list[str] = field(default_factory=list)

@@ -973,8 +973,9 @@ class Plan:
             objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
         if any(self.unpaired):
             counts = " and ".join(f"{n} {name}" for n, name in zip(self.unpaired, c.names) if n)
+            terms = " and ".join(t for t, w in (("adversarial", c.lambda_adv), ("cycle", c.lambda_cycle)) if w > 0)
             objective.append(f"{counts} unpaired volume{'s' if sum(self.unpaired) != 1 else ''} "
-                             "(adversarial and cycle terms)")
+                             f"({terms} term{'s' if ' and ' in terms else ''} only)")
         done = f", resuming at {self.start}" if self.start else ""
         smoothed = f" smoothed in-plane (Gaussian {m.base_smooth:g} px)" if m.residual == "invert" and m.base_smooth else ""
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"

@@ -593,6 +593,12 @@ def test_plan_line_says_which_augmentations_run() -> None:
     config.lambda_histogram = 10.0
     assert "paired L1 x 10 + SSIM x 30 + histogram x 10 (1 pair)" in Plan(config, torch.device("cpu"), False, 1,
                                                                           pairs=[(0, 0)]).line()
+    # unpaired volumes: how many of each domain, and which terms see them
+    config.lambda_adv = 1.0
+    line = Plan(config, torch.device("cpu"), False, 1, pairs=[(0, 0)], unpaired=(10, 0)).line()
+    assert "+ 10 t1 unpaired volumes (adversarial term only);" in line, line
+    assert "1 t2 unpaired volume (adversarial term only)" in Plan(config, torch.device("cpu"), False, 1,
+                                                                  pairs=[(0, 0)], unpaired=(0, 1)).line()
 
 
 def test_loss_weights_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -685,7 +691,7 @@ def test_unpaired_volumes_train_and_are_kept_in_the_config(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert code == 0, err
     plan = err.split("plan:")[1].splitlines()[0]
-    assert "adversarial + cycle + paired L1" in plan and "2 t1 unpaired volumes (adversarial and cycle terms)" in plan
+    assert "adversarial + cycle + paired L1" in plan and "2 t1 unpaired volumes (adversarial and cycle terms only)" in plan
     model = torch.load(run / "model.pt", weights_only=True)
     assert model["config"]["extra_a"] == [str((extra / f"h{i}_t1.nii.gz").absolute()) for i in range(2)]
     # the model's statistics are the pairs' alone: the same as a run without the unpaired volumes
