@@ -353,12 +353,16 @@ def fixed_slices(domain: DomainData, axis: str, count: int = 2) -> list[torch.Te
     return out
 
 
-def fixed_samples(a: DomainData, b: DomainData, axis: str, stride: int, count: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_samples(a: DomainData, b: DomainData, axis: str, stride: int, count: int = 2,
+                  extra_a: DomainData | None = None, extra_b: DomainData | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`fixed_slices` of both domains, padded with background to one common size that the generator
-    takes (a multiple of its stride); whole slices, not training crops, so a person sees the anatomy."""
+    takes (a multiple of its stride); whole slices, not training crops, so a person sees the anatomy. Unpaired
+    volumes (``extra_a``, ``extra_b``) add the middle slice of their first volume after their domain's."""
     from monai.transforms import ResizeWithPadOrCrop
 
-    slices_a, slices_b = fixed_slices(a, axis, count), fixed_slices(b, axis, count)
+    slices_a = fixed_slices(a, axis, count) + (fixed_slices(extra_a, axis, 1) if extra_a is not None else [])
+    slices_b = fixed_slices(b, axis, count) + (fixed_slices(extra_b, axis, 1) if extra_b is not None else [])
     dims = [max(s.shape[i] for s in slices_a + slices_b) for i in (1, 2)]
     size = [int(math.ceil(d / stride) * stride) for d in dims]
     pad = ResizeWithPadOrCrop(size, value=-1.0)
@@ -437,6 +441,8 @@ class Trainer:
         self._stop: Any = None
         self._train_seconds = self._train_seconds_at_start = 0.0
         self._fair_scores: dict[str, dict[str, float]] = {}
+        #: sample-grid rows (of domain A, of domain B) that show an unpaired volume: the last of each domain's
+        self._unpaired_samples = (0, 0)
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def _check_run_dir(self) -> TrainConfig:
@@ -620,7 +626,9 @@ class Trainer:
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         from medsynth.networks import generator_stride
 
-        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model)))
+        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model),
+                                                            extra_a=extras.get("a"), extra_b=extras.get("b")))
+        self._unpaired_samples = (int("a" in extras), int("b" in extras))
         writer = self._writer() if self.dist.main else None
         autocast = config.amp and autocast_enabled(device)
         self._plan = Plan(config, device, autocast, workers, pairs, start, val_pairs=len(val_pairs),
@@ -772,8 +780,9 @@ class Trainer:
         rows = [[real_a[i, :1], fake_b[i], rec_a[i]] for i in range(len(real_a))]
         rows += [[real_b[i, :1], fake_a[i], rec_b[i]] for i in range(len(real_b))]
         a, b = self.config.names
-        labels = [f"{a} -> {b} ({i + 1})" for i in range(len(real_a))]
-        labels += [f"{b} -> {a} ({i + 1})" for i in range(len(real_b))]
+        extra_a, extra_b = self._unpaired_samples
+        labels = [f"{a} -> {b} ({i + 1})" for i in range(len(real_a) - extra_a)] + [f"{a} -> {b} (unpaired)"] * extra_a
+        labels += [f"{b} -> {a} ({i + 1})" for i in range(len(real_b) - extra_b)] + [f"{b} -> {a} (unpaired)"] * extra_b
         save_grid(self.run_dir / "samples" / f"step_{step:07d}.png", rows,
                   columns=["real", "translated", "reconstructed"], row_labels=labels,
                   title=f"step {step} of {self.config.total_steps} (the same slices every time)")

@@ -692,6 +692,10 @@ def test_unpaired_volumes_train_and_are_kept_in_the_config(tmp_path: Path, capsy
     assert code == 0, err
     plan = err.split("plan:")[1].splitlines()[0]
     assert "adversarial + cycle + paired L1" in plan and "2 t1 unpaired volumes (adversarial and cycle terms only)" in plan
+    # the sample grid shows the unpaired head too: two pairs' and one unpaired T1 row, two T2 rows (whole slices
+    # padded to x 30 -> 32, y 34 -> 36)
+    grid = np.asarray(PILImage.open(run / "samples" / "step_0000003.png"))
+    assert _first_tile(grid, (36, 32), 5, 3).std() > 0
     model = torch.load(run / "model.pt", weights_only=True)
     assert model["config"]["extra_a"] == [str((extra / f"h{i}_t1.nii.gz").absolute()) for i in range(2)]
     # the model's statistics are the pairs' alone: the same as a run without the unpaired volumes
