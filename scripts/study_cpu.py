@@ -181,6 +181,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_ixi": _packaged(unpaired_t1=["ixi_slab5"], lambda_adv=1.0),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_ixi_seed1": _packaged(seed=1, unpaired_t1=["ixi_slab5"],
                                                                                 lambda_adv=1.0),
+    # the same adversarial term without the IXI heads (one seed; to read, not to choose): what the discriminator does
+    # on the pairs alone
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_adv": _packaged(lambda_adv=1.0),
     "ssim30_gate10_smooth07_self_8208": _ssim30(train_on="held_out", steps=8208, intensity_augment=False,
                                                 model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
