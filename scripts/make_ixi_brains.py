@@ -132,9 +132,9 @@ def make_brains(out: Path, ixi: Path = IXI, png: Path | None = None) -> Path:
         for path in sources:
             img = nib.load(path)
             mask = register_mask(path)
-            volume, affine = upsample(np.asarray(img.dataobj, np.float32), img.affine)
+            head, affine = upsample(np.asarray(img.dataobj, np.float32), img.affine)
             mask1, _ = upsample(mask.astype(np.float32), img.affine)
-            volume = thick_slices(volume, affine, SLAB_MM)
+            volume = thick_slices(head, affine, SLAB_MM)
             volume = np.where(mask1 > 0.5, np.maximum(volume, 0), 0).astype(np.float32)
             result = nib.Nifti1Image(volume, affine)
             result.set_sform(affine, int(img.header["sform_code"]) or 1)
@@ -144,8 +144,7 @@ def make_brains(out: Path, ixi: Path = IXI, png: Path | None = None) -> Path:
             litres = float((mask1 > 0.5).sum()) / 1e6
             print(f"{name}: brain {litres:.2f} L", flush=True)
             if png is not None:
-                overlay(png / name.replace(".nii.gz", ".png"),
-                        upsample(np.asarray(img.dataobj, np.float32), img.affine)[0], mask1 > 0.5, affine)
+                overlay(png / name.replace(".nii.gz", ".png"), head, mask1 > 0.5, affine)
         (build / "inputs.json").write_text(json.dumps(stamp, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
