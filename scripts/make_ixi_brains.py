@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_template_pair import MASK, TEMPLATES, thick_slices, upsample  # noqa: E402
+from make_template_pair import MASK, TEMPLATES, _digest, thick_slices, upsample  # noqa: E402
 
 IXI = HERE.parent.parent / "shared" / "data" / "ixi_t1_2mm"
 SLAB_MM = 5.0
@@ -96,10 +95,6 @@ def overlay(path: Path, volume: np.ndarray, mask: np.ndarray, affine: np.ndarray
     pad = [np.pad(c, ((0, height - c.shape[0]), (0, 0))) for c in [*cuts, sag]]
     picture = (np.concatenate(pad, axis=1) * 255).astype(np.uint8)
     Image.fromarray(picture).save(path)
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_brains(out: Path, ixi: Path = IXI, png: Path | None = None) -> Path:
