@@ -26,10 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from make_template_pair import MASK, TEMPLATES, _digest, thick_slices, upsample  # noqa: E402
+from make_template_pair import MASK, TEMPLATES, _digest, is_current, stamped_build, thick_slices, upsample  # noqa: E402
 
 IXI = HERE.parent.parent / "shared" / "data" / "ixi_t1_2mm"
 SLAB_MM = 5.0
@@ -111,19 +108,11 @@ def make_brains(out: Path, ixi: Path = IXI, png: Path | None = None) -> Path:
         raise ValueError(f"{ixi}: no IXI*-T1_ds.nii.gz here")
     stamp = {"version": VERSION, "slab_mm": SLAB_MM, "template": _digest(TEMPLATES / "avg152T1.nii"),
              "mask": _digest(MASK), **{p.name: _digest(p) for p in sources}}
-    try:
-        if json.loads((out / "inputs.json").read_text()) == stamp and all(
-                (out / p.name.replace("_ds", "_brain")).is_file() for p in sources):
-            return out
-    except (OSError, ValueError):
-        pass
-    if out.exists() and not (out.is_dir() and ((out / "inputs.json").is_file() or not any(out.iterdir()))):
-        raise ValueError(f"{out}: exists and is not a folder of IXI brains made by this script")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if png is not None:
-        png.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    if is_current(out, stamp, [p.name.replace("_ds", "_brain") for p in sources]):
+        return out
+    with stamped_build(out, stamp, "a folder of IXI brains") as build:
+        if png is not None:
+            png.mkdir(parents=True, exist_ok=True)
         for path in sources:
             img = nib.load(path)
             mask = register_mask(path)
@@ -140,12 +129,6 @@ def make_brains(out: Path, ixi: Path = IXI, png: Path | None = None) -> Path:
             print(f"{name}: brain {litres:.2f} L", flush=True)
             if png is not None:
                 overlay(png / name.replace(".nii.gz", ".png"), head, mask1 > 0.5, affine)
-        (build / "inputs.json").write_text(json.dumps(stamp, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        build.replace(out)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out
 
 

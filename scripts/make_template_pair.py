@@ -41,7 +41,9 @@ import json
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -173,6 +175,37 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def is_current(out: Path, stamp: dict, names: Sequence[str]) -> bool:
+    """Whether ``out`` holds ``names`` made from the inputs ``stamp`` describes (its ``inputs.json`` equal)."""
+    try:
+        return json.loads((out / "inputs.json").read_text()) == stamp and all((out / n).is_file() for n in names)
+    except (OSError, ValueError):
+        return False
+
+
+@contextmanager
+def stamped_build(out: Path, stamp: dict, what: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to write into; on success ``stamp`` is written as its ``inputs.json`` and
+    it replaces ``out`` as a whole (the files and their stamp appear together), else it is removed.
+
+    Raises:
+        ValueError: ``out`` exists and is neither empty nor stamped: only a folder this script made (stale) or an
+            empty one is replaced, never a user's other files (``what`` names what it should have been).
+    """
+    if out.exists() and not (out.is_dir() and ((out / "inputs.json").is_file() or not any(out.iterdir()))):
+        raise ValueError(f"{out}: exists and is not {what} made by this script")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield build
+        (build / "inputs.json").write_text(json.dumps(stamp, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        build.replace(out)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
 def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK, slab_mm: float = 0.0) -> Path:
     """Write ``out/t1.nii.gz`` and ``out/t2.nii.gz`` (1 mm, brain only; with ``slab_mm``, thick slices along S-I:
     :func:`thick_slices`); returns ``out``. A pair made from the same inputs and settings by the same version is
@@ -195,18 +228,9 @@ def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK, sl
     stamp = {"version": VERSION, **{name: _digest(path) for name, path in sources.items()}}
     if slab_mm:
         stamp["slab_mm"] = float(slab_mm)
-    try:
-        if json.loads((out / "inputs.json").read_text()) == stamp and all(
-                (out / f"{n}.nii.gz").is_file() for n in ("t1", "t2")):
-            return out
-    except (OSError, ValueError):
-        pass
-    if out.exists() and not (out.is_dir() and ((out / "inputs.json").is_file() or not any(out.iterdir()))):
-        # only a pair this script made (stale) or an empty folder is replaced: never a user's other files
-        raise ValueError(f"{out}: exists and is not a template pair folder made by this script")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    if is_current(out, stamp, ("t1.nii.gz", "t2.nii.gz")):
+        return out
+    with stamped_build(out, stamp, "a template pair folder") as build:
         mask, _ = upsample(np.asarray(images["mask"].dataobj, np.float32), images["mask"].affine)
         for name in ("t1", "t2"):
             img = images[name]
@@ -218,12 +242,6 @@ def make_pair(out: Path, templates: Path = TEMPLATES, mask_path: Path = MASK, sl
             result.set_sform(affine, int(img.header["sform_code"]) or 2)
             result.set_qform(affine, int(img.header["qform_code"]) or 2)
             nib.save(result, build / f"{name}.nii.gz")
-        (build / "inputs.json").write_text(json.dumps(stamp, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        build.replace(out)  # the pair and its stamp appear together
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
     return out
 
 
