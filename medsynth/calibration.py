@@ -37,6 +37,7 @@ def calibrate_model(model: str | Path | None, sources: Sequence[str | Path], tar
     from medsynth.files import atomic_save
     from medsynth.inference import Translator, default_model_path, read_model_file
     from medsynth.io import load_image
+    from medsynth.report import case_label
 
     source_path = Path(model) if model is not None else default_model_path()
     if source_path.is_dir():
@@ -80,16 +81,9 @@ def calibrate_model(model: str | Path | None, sources: Sequence[str | Path], tar
         done += 1
         if progress is not None:
             progress(done, total)
-    curve = fit_curve(outputs, output_masks, reals, real_masks, [_case(p) for p in sources],
-                      [_case(p) for p in targets])
+    curve = fit_curve(outputs, output_masks, reals, real_masks, [case_label(p) for p in sources],
+                      [case_label(p) for p in targets])
     payload["calibration"] = {**payload.get("calibration", {}), key: curve.to_dict()}
     # the weights are saved as they were read (fp16 stays fp16)
     return atomic_save(payload, out)
 
-
-def _case(path: str | Path) -> str:
-    """A volume's name for the model card: with its folder where the file name alone names no case."""
-    from medsynth.report import case_id
-
-    p = Path(path)
-    return f"{p.parent.name}/{p.name}" if case_id(p) == p.parent.name else p.name

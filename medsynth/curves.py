@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["LEVELS", "OutputCurve", "fit_curve", "foreground", "normalised_range", "quantile_function"]
+__all__ = ["LEVELS", "OutputCurve", "fit_curve", "foreground", "normalised_range", "parse_curves",
+           "quantile_function"]
 
 #: quantile levels of a curve (0, 0.001, ..., 1)
 LEVELS = 1001
@@ -82,6 +83,18 @@ class OutputCurve:
         mapped = np.where(values > self.x[-1], self.y[-1] + values - self.x[-1], mapped)
         out[mask] = (mapped * (hi - lo) + lo).astype(np.float32)
         return out
+
+
+def parse_curves(calibration: dict[str, Any], directions: Sequence[str]) -> dict[str, OutputCurve]:
+    """A model's curves by direction (:meth:`OutputCurve.to_dict` dicts, or curves), each checked.
+
+    Raises:
+        ValueError: a damaged curve, or one for a direction not in ``directions``.
+    """
+    unknown = sorted(set(calibration) - set(directions))
+    if unknown:
+        raise ValueError(f"calibration for unknown directions {unknown} (the model's: {list(directions)})")
+    return {str(k): v if isinstance(v, OutputCurve) else OutputCurve.from_dict(v) for k, v in calibration.items()}
 
 
 def foreground(array: np.ndarray) -> np.ndarray:

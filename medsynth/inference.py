@@ -85,8 +85,8 @@ class Translator:
         threads: CPU threads (default: every core this process may use).
         crop: translate only the box around the foreground (with :attr:`margin` voxels of background); outside
             it the output is background anyway.
-        calibration: output curves by direction (``OutputCurve`` dicts, :mod:`medsynth.curves`), as a model
-            file carries them after ``medsynth-calibrate``.
+        calibration: output curves by direction (:class:`~medsynth.curves.OutputCurve` objects or their dicts),
+            as a model file carries them after ``medsynth-calibrate``.
         calibrate: apply them (False: the network's output as it is).
 
     Example:
@@ -98,8 +98,8 @@ class Translator:
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
                  source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False,
                  precision: str = "auto", threads: int | None = None, crop: bool = True,
-                 calibration: dict[str, dict[str, Any]] | None = None, calibrate: bool = True) -> None:
-        from medsynth.curves import OutputCurve
+                 calibration: dict[str, Any] | None = None, calibrate: bool = True) -> None:
+        from medsynth.curves import parse_curves
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
@@ -138,11 +138,8 @@ class Translator:
                 net = net.to(memory_format=torch.channels_last)
             self.networks[name] = torch.compile(net) if compile else net
         self.precision = "bf16" if self.amp else "fp32"
-        unknown = sorted(set(calibration or {}) - set(self.networks))
-        if unknown:
-            raise ValueError(f"calibration for unknown directions {unknown} (the model's: {list(self.networks)})")
         #: output curves by direction (every one the model carries, applied or not)
-        self.curves = {k: OutputCurve.from_dict(v) for k, v in (calibration or {}).items()}
+        self.curves = parse_curves(calibration or {}, list(self.networks))
         self.calibrate = calibrate
 
     # ---- construction --------------------------------------------------------------------------------------
@@ -164,14 +161,12 @@ class Translator:
             for name in config.names:
                 if name not in stats:
                     raise KeyError(name)
-            from medsynth.curves import OutputCurve
+            from medsynth.curves import parse_curves
 
-            calibration = {str(k): OutputCurve.from_dict(v).to_dict()
-                           for k, v in dict(payload.get("calibration") or {}).items()}
-            unknown = sorted(set(calibration) - {f"{config.names[0]}-to-{config.names[1]}",
-                                                 f"{config.names[1]}-to-{config.names[0]}"})
-            if unknown:
-                raise KeyError(f"calibration for unknown directions {unknown}")
+            # checked here, so that a damaged curve is a damaged model file (the constructor checks it again for
+            # curves given in Python)
+            a, b = config.names
+            calibration = parse_curves(dict(payload.get("calibration") or {}), [f"{a}-to-{b}", f"{b}-to-{a}"])
         except InputError:
             raise
         except Exception as exc:

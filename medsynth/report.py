@@ -22,7 +22,7 @@ from medsynth.errors import InputError
 from medsynth.files import write_atomic
 from medsynth.io import stem_of
 
-__all__ = ["CasePair", "case_id", "format_table", "pair_cases", "write_tables"]
+__all__ = ["CasePair", "case_id", "case_label", "format_table", "pair_cases", "write_tables"]
 
 
 # ------------------------------------------------------------------------------------------- file pairing
@@ -37,6 +37,13 @@ _ROLE_WORDS = (
 _DIRECTION = r"[a-z0-9]+[-_]to[-_][a-z0-9]+"
 _TRAILING_ROLE = re.compile(rf"[-_.](?:{_DIRECTION}|{'|'.join(_ROLE_WORDS)})$", re.IGNORECASE)
 _WHOLE_ROLE = re.compile(rf"^(?:{_DIRECTION}|{'|'.join(_ROLE_WORDS)})$", re.IGNORECASE)
+
+
+def case_label(path: str | Path) -> str:
+    """A training or calibration volume's name for a model file: the file name, with its folder where the name
+    alone names no case (``BraTS-001/t1.nii.gz``, not ``t1.nii.gz``)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if case_id(p) == p.parent.name else p.name
 
 
 def case_id(path: str | Path) -> str:

@@ -14,6 +14,7 @@ from medsynth.config import TrainConfig
 from medsynth.cyclegan import export_model
 from medsynth.inference import Translator, read_model_file
 from medsynth.networks import build_generator
+from medsynth.report import case_label
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,14 +35,8 @@ def main() -> None:
         nets.append(net)
     # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case says what
     # the model was trained on: the folder is kept only where the file name alone names no case (t1.nii.gz)
-    def case(path: str) -> str:
-        from medsynth.report import case_id
-
-        p = Path(path)
-        return f"{p.parent.name}/{p.name}" if case_id(p) == p.parent.name else p.name
-
-    config.a, config.b = [case(p) for p in config.a], [case(p) for p in config.b]
-    config.val_a, config.val_b = [case(p) for p in config.val_a], [case(p) for p in config.val_b]
+    config.a, config.b = [case_label(p) for p in config.a], [case_label(p) for p in config.b]
+    config.val_a, config.val_b = [case_label(p) for p in config.val_a], [case_label(p) for p in config.val_b]
     config.out = ""
     extra = dict(payload.get("extra", {}), packaged_from=source.name)
     export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
