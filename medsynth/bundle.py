@@ -132,7 +132,7 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
     import torch
 
     import medsynth
-    from medsynth.config import TrainConfig
+    from medsynth.config import TrainConfig, describe_axes
     from medsynth.networks import build_generator, generator_stride
 
     config = TrainConfig.from_dict(payload["config"])
@@ -164,8 +164,8 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
             f"({config.model.generator}, ngf {config.model.ngf}, {params:,} parameters"
             f"{', a gated residual correction of the inverted histogram match' if config.model.residual == 'invert' else ''}"
             f"{smoothed}"
-            f") that translates a {src.upper()} volume into a synthetic {dst.upper()} volume {config.axis} slice by "
-            f"slice. The volume is reoriented to RAS without resampling, normalised by its own 0.5/99.5 foreground "
+            f") that translates a {src.upper()} volume into a synthetic {dst.upper()} volume axial slice by slice "
+            f"(trained on {describe_axes(config.axis)} slices). The volume is reoriented to RAS without resampling, normalised by its own 0.5/99.5 foreground "
             f"percentiles, cropped to the box around its foreground, translated, mapped onto the {dst.upper()} "
             f"training intensities and written with the input's geometry (shape, affine, qform and sform)."),
         "authors": authors,

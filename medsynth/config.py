@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Any
 
 AXES = ("axial", "coronal", "sagittal")
+#: Training's slicing axes: one of :data:`AXES`, or ``all`` (multi-planar: each sample along a random one of the
+#: three, so that one model sees each head's anatomy in three orientations and serves ``--axis all`` conversion)
+TRAIN_AXES = AXES + ("all",)
+
 #: Index of the slicing axis in a RAS-oriented (I, J, K) array: sagittal slices are along x (R), coronal
 #: along y (A), axial along z (S).
 AXIS_INDEX = {"sagittal": 0, "coronal": 1, "axial": 2}
 GENERATORS = ("resnet9", "resnet6", "unet")
+
+
+def describe_axes(axis: str) -> str:
+    """A training axis in words: ``axial``, or ``axial, coronal and sagittal`` for ``all``."""
+    return "axial, coronal and sagittal" if axis == "all" else axis
 
 
 @dataclass
@@ -82,7 +91,9 @@ class TrainConfig:
     lies, as L1 and SSIM do not where a pixel's target is uncertain. ``lambda_adv = 0`` with ``lambda_cycle = 0``
     leaves plain paired regression (no discriminators are run). ``extra_a``/``extra_b`` (``--unpaired-t1/-t2``, with
     ``paired``) are volumes without partners: a slice of one joins every step's adversarial, cycle and identity
-    terms and its domain's real images for the discriminator, never the paired terms.
+    terms and its domain's real images for the discriminator, never the paired terms. ``axis`` is the slicing
+    axis of training samples; ``all`` draws each sample's axis at random among the three (``val_axis`` and the
+    sample grids stay on theirs: axial by default, as conversion).
     """
 
     a: list[str] = field(default_factory=list)
@@ -154,6 +165,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # directions are looked up in lower case ("t1-to-t2"), so domain names are stored that way
         self.names = tuple(str(n).strip().lower() for n in self.names)  # type: ignore[assignment]
+
+    @property
+    def train_axes(self) -> tuple[str, ...]:
+        """The slicing axes training samples are drawn along (all three for ``axis="all"``)."""
+        return AXES if self.axis == "all" else (self.axis,)
 
     @property
     def total_steps(self) -> int:

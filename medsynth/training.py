@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.config import LESION_SITES, TrainConfig
+from medsynth.config import AXES, LESION_SITES, TRAIN_AXES, TrainConfig, describe_axes
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
 from medsynth.files import atomic_path, atomic_save, write_atomic
@@ -144,6 +144,12 @@ class DomainData:
         return len(self.volumes)
 
 
+def grid_axis(config: TrainConfig) -> str:
+    """The axis of the sample grids' slices: the training axis, or for multi-planar training the validation
+    axis (axial by default, as conversion)."""
+    return config.val_axis if config.axis == "all" else config.axis
+
+
 def pair_volumes(a: DomainData, b: DomainData) -> list[tuple[int, int]]:
     """Indices ``(i, j)`` of registered pairs, matched by case name; each pair must share shape and affine.
 
@@ -181,8 +187,8 @@ def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig,
     pairs = pair_volumes(a, b) if config.paired else None
     quantiles = quantiles if quantiles is not None else (a.quantiles(), b.quantiles())
     if config.model.residual == "invert":
-        a.add_base(quantiles[1], quantiles[0], config.model.context, config.axis)
-        b.add_base(quantiles[0], quantiles[1], config.model.context, config.axis)
+        a.add_base(quantiles[1], quantiles[0], config.model.context, config.train_axes[0])
+        b.add_base(quantiles[0], quantiles[1], config.model.context, config.train_axes[0])
     return pairs, quantiles
 
 
@@ -194,7 +200,9 @@ class SliceDataset(torch.utils.data.Dataset):
     ``intensity_augment`` each input gets its own random intensity changes and the clean images are the
     paired targets (``a_target``, ``b_target``). ``extra_a``/``extra_b`` (unpaired volumes beside the pairs) add
     one random slice of one of them to every sample (``extra_a``, ``extra_b``), augmented as its domain's inputs
-    are, drawn from a random stream of their own so that the pairs' samples stay those of a run without them."""
+    are, drawn from a random stream of their own so that the pairs' samples stay those of a run without them.
+    With ``axis="all"`` each sample's slices (pairs, unpaired and extra alike) lie along one axis drawn from a
+    third stream of its own."""
 
     def __init__(self, a: DomainData, b: DomainData, config: TrainConfig,
                  pairs: Sequence[tuple[int, int]] | None = None, extra_a: DomainData | None = None,
@@ -211,26 +219,28 @@ class SliceDataset(torch.utils.data.Dataset):
         self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core),
                                "site": config.lesion_site}
         self.augment_base = bool(config.augment_base)
+        # one transform and one coverage table per axis; a 2D domain has only its own plane
+        self.axes = config.train_axes
+
+        def plane(domain: DomainData, axis: str) -> str:
+            return "axial" if domain.is_2d else axis
+
+        def transforms(domain: DomainData) -> dict[str, Any]:
+            return {axis: train_slice_transform("image", config.size, plane(domain, axis), config.min_foreground,
+                                                config.augment, config.flip) for axis in self.axes}
+
+        def coverage(domain: DomainData, volumes: Sequence[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+            return {axis: [slice_coverage(v, AXIS_INDEX[plane(domain, axis)]) for v in volumes] for axis in self.axes}
+
         if self.pairs is not None:
-            axis = "axial" if a.is_2d else config.axis
             self.stacked = [torch.cat([a.volumes[i], b.volumes[j]]) for i, j in self.pairs]
-            self.coverage_pairs = [slice_coverage(v, AXIS_INDEX[axis]) for v in self.stacked]
-            self.transform_pair = train_slice_transform("image", config.size, axis, config.min_foreground,
-                                                        config.augment, config.flip)
-        axis_a = "axial" if a.is_2d else config.axis
-        axis_b = "axial" if b.is_2d else config.axis
-        self.coverage = {
-            "a": [slice_coverage(v, AXIS_INDEX[axis_a]) for v in a.volumes],
-            "b": [slice_coverage(v, AXIS_INDEX[axis_b]) for v in b.volumes],
-        }
-        self.transform_a = train_slice_transform("image", config.size, axis_a, config.min_foreground,
-                                                 config.augment, config.flip)
-        self.transform_b = train_slice_transform("image", config.size, axis_b, config.min_foreground,
-                                                 config.augment, config.flip)
+            self.coverage_pairs = coverage(a, self.stacked)
+            self.transform_pair = transforms(a)
+        self.coverage = {"a": coverage(a, a.volumes), "b": coverage(b, b.volumes)}
+        self.transform_a, self.transform_b = transforms(a), transforms(b)
         self.extras = {name: domain for name, domain in (("a", extra_a), ("b", extra_b)) if domain is not None}
         for name, domain in self.extras.items():
-            self.coverage[f"extra_{name}"] = [slice_coverage(v, AXIS_INDEX["axial" if domain.is_2d else config.axis])
-                                              for v in domain.volumes]
+            self.coverage[f"extra_{name}"] = coverage(domain, domain.volumes)
 
     def __len__(self) -> int:
         return 2**62
@@ -238,12 +248,16 @@ class SliceDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, k])
         seeds = rng.integers(0, 2**31 - 1, size=4)
+        # the axis from a stream of its own: a one-axis run draws exactly the samples it drew before
+        axis = (self.axes[int(np.random.default_rng([self.seed, k, 3]).integers(len(self.axes)))]
+                if len(self.axes) > 1 else self.axes[0])
         out = {}
         if self.pairs is not None:
             index = int(rng.integers(len(self.pairs)))
-            self.transform_pair.set_random_state(seed=int(seeds[0]))
-            x = _plain(self.transform_pair({"image": self.stacked[index],
-                                            "image_coverage": self.coverage_pairs[index]})["image"])
+            transform = self.transform_pair[axis]
+            transform.set_random_state(seed=int(seeds[0]))
+            x = _plain(transform({"image": self.stacked[index],
+                                  "image_coverage": self.coverage_pairs[axis][index]})["image"])
             split = self.a.volumes[self.pairs[index][0]].shape[0]
             out["a"], out["b"] = x[:split].contiguous(), x[split:].contiguous()
             if self.lesion_augment > 0 and rng.random() < self.lesion_augment:
@@ -258,20 +272,20 @@ class SliceDataset(torch.utils.data.Dataset):
             for name, domain, transform, s in (("a", self.a, self.transform_a, seeds[0]),
                                                ("b", self.b, self.transform_b, seeds[1])):
                 index = int(rng.integers(len(domain)))
-                transform.set_random_state(seed=int(s))
-                out[name] = _plain(transform({"image": domain.volumes[index],
-                                              "image_coverage": self.coverage[name][index]})["image"])
+                transform[axis].set_random_state(seed=int(s))
+                out[name] = _plain(transform[axis]({"image": domain.volumes[index],
+                                                    "image_coverage": self.coverage[name][axis][index]})["image"])
         augment = [("a", seeds[2]), ("b", seeds[3])]
         if self.extras:
             extra_rng = np.random.default_rng([self.seed, k, 2])
             extra_seeds = extra_rng.integers(0, 2**31 - 1, size=4)
             for name, domain in self.extras.items():
                 key = f"extra_{name}"
-                transform = self.transform_a if name == "a" else self.transform_b
+                transform = (self.transform_a if name == "a" else self.transform_b)[axis]
                 index = int(extra_rng.integers(len(domain)))
                 transform.set_random_state(seed=int(extra_seeds[0 if name == "a" else 1]))
                 out[key] = _plain(transform({"image": domain.volumes[index],
-                                             "image_coverage": self.coverage[key][index]})["image"])
+                                             "image_coverage": self.coverage[key][axis][index]})["image"])
                 augment.append((key, extra_seeds[2 if name == "a" else 3]))
         if self.intensity is not None:
             for name, s in augment:
@@ -506,6 +520,14 @@ class Trainer:
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")
+        if config.axis not in TRAIN_AXES:
+            raise InputError("--axis", f"{config.axis!r} is not one of {', '.join(TRAIN_AXES)}")
+        if config.axis == "all" and config.model.context:
+            # the neighbours' bases are stacked once per volume, along one axis
+            raise InputError("--axis", "multi-planar training (all) takes no 2.5D context: drop --context or "
+                                       "pick one axis")
+        if config.val_axis not in AXES:
+            raise InputError("--val-axis", f"{config.val_axis!r} is not one of {', '.join(AXES)}")
         if (config.extra_a or config.extra_b) and not config.paired:
             raise InputError("--unpaired-a" if config.extra_a else "--unpaired-b",
                              "unpaired volumes join --paired training; without --paired every volume is unpaired: "
@@ -576,7 +598,7 @@ class Trainer:
                 extras[key] = DomainData(files, config.enhance, config.workers, config.cache_dir,
                                          self.progress and self.dist.main)
                 if config.model.residual == "invert":
-                    extras[key].add_base(other, own, config.model.context, config.axis)
+                    extras[key].add_base(other, own, config.model.context, config.train_axes[0])
         if init is not None:
             # the source's statistics: a translator of the step-0 networks is the source model, exactly
             self.stats = {name: dict(init["stats"][name]) for name in config.names}
@@ -626,7 +648,7 @@ class Trainer:
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         from medsynth.networks import generator_stride
 
-        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, config.axis, generator_stride(config.model),
+        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, grid_axis(config), generator_stride(config.model),
                                                             extra_a=extras.get("a"), extra_b=extras.get("b")))
         self._unpaired_samples = (int("a" in extras), int("b" in extras))
         writer = self._writer() if self.dist.main else None
@@ -995,7 +1017,7 @@ class Plan:
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
                 f"{smoothed}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
-                f"{c.axis} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
+                f"{describe_axes(c.axis)} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")
 
     def observe(self, step: int) -> bool:

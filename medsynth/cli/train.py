@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from medsynth.config import (AXES, GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, ModelConfig,
+from medsynth.config import (GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, TRAIN_AXES, ModelConfig,
                              TrainConfig, recipe_values)
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.enhance import STEPS
@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "minutes; network options not given are the model's")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (its inputs and options are kept)")
-    g.add_argument("--axis", choices=AXES, default=d.axis, help="slicing axis (after reorientation to RAS)")
+    g.add_argument("--axis", choices=TRAIN_AXES, default=d.axis,
+                   help="slicing axis (after reorientation to RAS); all: each sample along a random one of the three "
+                        "(multi-planar), which serves convert's --axis all")
     g.add_argument("--size", type=int, default=d.size, help="slices are padded or cropped (never resized) to this")
     g.add_argument("--min-foreground", type=float, default=d.min_foreground,
                    help="skip slices whose foreground is below this fraction of the fullest slice's")
