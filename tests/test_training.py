@@ -520,6 +520,101 @@ def test_context_run_trains_on_neighbouring_slices_and_converts(tmp_path: Path,
     assert translator.config.model.context == 1 and translator.config.model.gate_scale == 10
 
 
+# ------------------------------------------------------------------------- multi-planar training (--axis all)
+
+
+def _plane_of(image: torch.Tensor, volumes: list[torch.Tensor], size: int) -> tuple[str, bool]:
+    """Which axis (and whether flipped left-right) a padded, unaugmented training slice was taken along: the one
+    slice of the volumes it equals."""
+    from monai.transforms import SpatialPad
+
+    from medsynth.config import AXIS_INDEX
+
+    pad = SpatialPad((size, size), value=-1.0)
+    for axis, dim in AXIS_INDEX.items():
+        for v in volumes:
+            for i in range(v.shape[dim + 1]):
+                candidate = torch.as_tensor(pad(v[:1].select(dim + 1, i)))[0]
+                for flipped in (False, True):
+                    if torch.equal(candidate.flip(0) if flipped else candidate, image):
+                        return axis, flipped
+    raise AssertionError("the sample is no slice of the volumes")
+
+
+def test_multi_planar_sampler_draws_every_axis_and_keeps_the_axial_draws(tmp_path: Path) -> None:
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.training import DomainData, SliceDataset, pair_volumes
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
+    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+    pairs = pair_volumes(a, b)
+
+    def dataset(axis: str) -> SliceDataset:
+        # 40 px holds every slice of the 30 x 34 x 12 volumes whole: padded, never cropped, so each sample can be
+        # found among the volumes' slices
+        return SliceDataset(a, b, TrainConfig(size=40, paired=True, augment=False, axis=axis,
+                                              model=ModelConfig(generator="resnet6", ngf=4)), pairs)
+
+    multi, axial = dataset("all"), dataset("axial")
+    seen: dict[str, int] = {}
+    flips: dict[str, int] = {}
+    for k in range(36):
+        sample = multi[k]
+        # one slice for both images of the pair, along whichever axis
+        assert torch.allclose(sample["a"], sample["b"], atol=1e-4), k
+        plane, flipped = _plane_of(sample["a"][0], a.volumes, 40)
+        seen[plane] = seen.get(plane, 0) + 1
+        flips[plane] = flips.get(plane, 0) + int(flipped)
+        if plane == "axial":
+            # the axis comes from a stream of its own: an axial draw is the one-axis run's sample, exactly
+            assert torch.equal(sample["a"], axial[k]["a"]) and torch.equal(sample["b"], axial[k]["b"]), k
+    assert set(seen) == {"axial", "coronal", "sagittal"} and min(seen.values()) >= 6, seen
+    # left-right flips in the planes that have a left-right axis, never in sagittal slices
+    assert flips["sagittal"] == 0 and flips["axial"] + flips["coronal"] > 0, flips
+    # a one-axis run stays on its axis
+    assert {_plane_of(axial[k]["a"][0], a.volumes, 40)[0] for k in range(8)} == {"axial"}
+
+
+def test_multi_planar_run_trains_converts_and_refuses_context(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from medsynth.bundle import bundle_metadata
+    from medsynth.config import TrainConfig
+    from medsynth.inference import Translator, read_model_file
+    from medsynth.training import grid_axis
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(run), *TINY,
+                       "--steps", "3", "--paired", "--residual", "invert", "--axis", "all", "--lambda-adv", "0",
+                       "--lambda-cycle", "0", "--sample-every", "3"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "32 px axial, coronal and sagittal slices" in err
+    assert json.loads((run / "config.json").read_text())["axis"] == "all"
+    assert (run / "samples" / "step_0000003.png").exists()
+    # the grids' slices: on the validation axis (axial, as conversion's default) for a multi-planar run, else on
+    # the training axis
+    config = TrainConfig(axis="all")
+    assert grid_axis(config) == "axial" and config.train_axes == ("axial", "coronal", "sagittal")
+    config.val_axis = "coronal"
+    assert grid_axis(config) == "coronal"
+    assert grid_axis(TrainConfig(axis="sagittal")) == "sagittal"
+    translator = Translator.from_file(run / "model.pt", device="cpu")
+    source = sorted((tmp_path / "t1").glob("*.nii.gz"))[0]
+    for axis in ("axial", "all"):
+        out = translator.translate(source, axis=axis)
+        assert out.array.shape == (30, 34, 12) and np.isfinite(out.array).all()
+    meta = bundle_metadata(read_model_file(run / "model.pt"), "t1-to-t2")
+    assert "axial slice by slice (trained on axial, coronal and sagittal slices)" in meta["description"]
+    a, b = str(tmp_path / "t1"), str(tmp_path / "t2")
+    line = _bad(tmp_path, capsys, [a], [b], ("--paired", "--residual", "invert", "--residual-input", "base",
+                                             "--context", "1", "--axis", "all"))
+    assert "--axis" in line and "context" in line
+
+
 def test_context_needs_a_residual_network_on_the_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     a, b = _pair(tmp_path, "case0")
     line = _bad(tmp_path, capsys, [str(a)], [str(b)], ("--paired", "--residual", "none", "--context", "1"))
