@@ -64,10 +64,12 @@ def post_infer(
     fuse: str | None = None,
     dtype: str | None = None,
     output_format: str | None = None,
+    calibration: bool = True,
 ) -> Any:
     """Send one volume (or a zip of one DICOM series) to ``POST {url}/infer``, streaming it as multipart; returns
     the open urllib response. ``output_format`` (``nii.gz``, ``nii``, ``nrrd``, ``mha``) asks for the answer's
-    format; by default it is the upload's (NIfTI for a zip).
+    format; by default it is the upload's (NIfTI for a zip). ``calibration=False`` asks for the network's output
+    without the model's calibration curve (if it carries one).
 
     Low level: the caller reads and closes the response. Raises ``urllib.error.HTTPError`` (4xx/5xx) and
     ``urllib.error.URLError`` like :func:`urllib.request.urlopen`. :func:`remote_translate` is the friendly form.
@@ -94,6 +96,9 @@ def post_infer(
     pairs = (("model", model), ("direction", direction), ("axis", axis), ("fuse", fuse), ("dtype", dtype),
              ("format", output_format))
     query = {key: value for key, value in pairs if value}
+    if not calibration:
+        # only when turned off: a server from before the switch answers the default request as it always did
+        query["calibration"] = "false"
     endpoint = url.rstrip("/") + "/infer" + (("?" + urllib.parse.urlencode(query)) if query else "")
     request = urllib.request.Request(
         endpoint,
@@ -135,6 +140,7 @@ def remote_translate(
     timeout: float = 600,
     fuse: str | None = None,
     dtype: str | None = None,
+    calibration: bool = True,
 ) -> Path:
     """Translate a volume on a ``medsynth-serve`` server; the standard library only (fits Slicer's Python).
 
@@ -147,6 +153,8 @@ def remote_translate(
             ``.mha`` (the server is asked for that format).
         model, direction, axis, fuse, dtype: as in ``POST /infer``; model may be None when the server has one
             model, and None elsewhere means the server's default.
+        calibration: False: the network's output without the model's calibration curve (``medsynth-calibrate``),
+            if it carries one.
         token: the server's bearer token, if it has one.
         timeout: seconds to wait for the connection and for each read.
 
@@ -185,7 +193,7 @@ def remote_translate(
     try:
         response = post_infer(
             url, archive or in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout,
-            fuse=fuse, dtype=dtype, output_format=output_format,
+            fuse=fuse, dtype=dtype, output_format=output_format, calibration=calibration,
         )
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)

@@ -308,7 +308,8 @@ class Translator:
 
     # ---- translation ---------------------------------------------------------------------------------------
     def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = "mean",
-                  progress: Progress | None = None, expect: Callable[[float], None] | None = None) -> Any:
+                  progress: Progress | None = None, expect: Callable[[float], None] | None = None,
+                  calibrate: bool | None = None) -> Any:
         """Translate one volume (or 2D image).
 
         Args:
@@ -320,6 +321,8 @@ class Translator:
             progress: called with (slices done, slices in all).
             expect: called with the expected seconds (:meth:`estimate_seconds` of the part that goes through the
                 network: the box around the foreground) before the network starts.
+            calibrate: apply the model's output curve for this direction, if it carries one (``None``: as the
+                translator was made, :attr:`calibrate`); for one call, e.g. a server request.
 
         Returns:
             The same kind of object as given (a path gives an ``Image``), with the input's geometry.
@@ -329,7 +332,7 @@ class Translator:
             volume = load_image(volume)
         if isinstance(volume, Image):
             out = self.translate_array(volume.array, volume.affine, direction, axis, fuse, progress, volume.path,
-                                       expect)
+                                       expect, calibrate)
             return Image(array=out, affine=volume.affine, path=volume.path, format=volume.format, native=volume.native)
         from monai.data import MetaTensor
 
@@ -338,7 +341,7 @@ class Translator:
             channel = array.ndim == 4
             arr3 = array[0] if channel else array
             out = self.translate_array(arr3, np.asarray(volume.affine, np.float64), direction, axis, fuse, progress,
-                                       expect=expect)
+                                       expect=expect, calibrate=calibrate)
             out = out[None] if channel else out
             meta = {k: v for k, v in volume.meta.items() if k != "affine"}
             return MetaTensor(torch.from_numpy(out), affine=volume.affine.clone(), meta=meta)
@@ -354,7 +357,7 @@ class Translator:
 
             validate_array(arr3, "<nibabel image>")
             out = self.translate_array(arr3, np.asarray(volume.affine), direction, axis, fuse, progress,
-                                       expect=expect)
+                                       expect=expect, calibrate=calibrate)
             header = volume.header.copy()
             header.set_data_dtype(np.float32)
             result = type(volume)(out.reshape(shape).astype(np.float32), volume.affine, header=header)
@@ -369,7 +372,7 @@ class Translator:
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
                        progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
-                       luminance: bool = False) -> Path:
+                       luminance: bool = False, calibrate: bool | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
 
         Args:
@@ -377,6 +380,7 @@ class Translator:
                 its foreground) once the input is read, before the network starts.
             luminance: translate the luminance of a colour RGB/RGBA picture (else it is refused: the model is
                 single-channel).
+            calibrate: as for :meth:`translate`.
 
         Raises:
             InputError: bad input (one the model was not trained for: a 2D image for a volume model or the
@@ -389,13 +393,14 @@ class Translator:
         image = load_image(input_path)
         self.check_input(image, luminance)
         expect = None if on_start is None else (lambda seconds: on_start(Path(input_path), seconds))
-        out = self.translate(image, direction, axis, fuse, progress, expect)
+        out = self.translate(image, direction, axis, fuse, progress, expect, calibrate)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
 
     @torch.no_grad()
     def translate_array(self, array: np.ndarray, affine: np.ndarray, direction: str | None = None,
                         axis: str = "axial", fuse: str = "mean", progress: Progress | None = None,
-                        source: str | Path = "<array>", expect: Callable[[float], None] | None = None) -> np.ndarray:
+                        source: str | Path = "<array>", expect: Callable[[float], None] | None = None,
+                        calibrate: bool | None = None) -> np.ndarray:
         """Core of :meth:`translate` on an (I, J, K) array and its voxel-to-RAS affine."""
         from medsynth.intensity import IntensityStats, denormalise, intensity_stats
 
@@ -439,7 +444,7 @@ class Translator:
         target = IntensityStats.from_dict(self.stats[dst])
         # on a GPU the fusion and intensity mapping stay there; only the result comes back
         y = denormalise(y, target, foreground[index].to(y.device)).cpu()[0].numpy()
-        if self.calibrate and key in self.curves:
+        if (self.calibrate if calibrate is None else calibrate) and key in self.curves:
             y = self.curves[key].apply(y, foreground[index][0].numpy())
         if box is not None:
             # in Fortran order, NIfTI's voxel order: a writer then copies it as it is instead of transposing
@@ -479,11 +484,13 @@ class Translator:
                         progress: Progress | None = None,
                         on_done: Callable[[Path, Path | None, str | None], None] | None = None,
                         on_start: Callable[[Path, float], None] | None = None,
-                        luminance: bool = False, outputs: Sequence[Path] | None = None) -> list[tuple[Path, str]]:
+                        luminance: bool = False, outputs: Sequence[Path] | None = None,
+                        calibrate: bool | None = None) -> list[tuple[Path, str]]:
         """Translate many files into ``output_dir`` (same file names); a bad file does not stop the others.
 
         Args:
             luminance: as for :meth:`translate_file`.
+            calibrate: as for :meth:`translate`.
             outputs: each input's output (default: :func:`output_paths` of ``inputs`` under ``output_dir``; a share
                 of a larger list, as under torchrun, needs the paths computed from the whole list).
 
@@ -536,7 +543,7 @@ class Translator:
                 if image is not None:
                     try:
                         expect = None if on_start is None else (lambda seconds, p=Path(path): on_start(p, seconds))
-                        result = self.translate(image, direction, axis, fuse, progress, expect)
+                        result = self.translate(image, direction, axis, fuse, progress, expect, calibrate)
                         problem = None
                     except InputError as exc:
                         image, problem = None, str(exc)

@@ -175,6 +175,25 @@ def test_the_cli_calibrates_and_convert_can_skip_the_curve(tmp_path: Path, ident
     assert np.abs(nib.load(str(on)).get_fdata() - plain).max() > 1.0
 
 
+def test_the_curve_can_be_switched_for_one_call(tmp_path: Path, identity_model: Path, pairs, make_volume):
+    t1, t2 = pairs
+    out = calibrate_model(identity_model, t1, t2, tmp_path / "cal.pt", "t1-to-t2", device="cpu")
+    head = make_volume(tmp_path / "new", "t1.nii.gz", seed=7, contrast="t1")
+    plain = Translator.from_file(identity_model, device="cpu").translate(head, direction="t1-to-t2").array
+    on, off = Translator.from_file(out, device="cpu"), Translator.from_file(out, device="cpu", calibrate=False)
+    with_curve = on.translate(head, direction="t1-to-t2").array
+    assert np.abs(with_curve - plain).max() > 1.0
+    # per call, either way round; the translator's own setting is left as it was
+    np.testing.assert_array_equal(on.translate(head, direction="t1-to-t2", calibrate=False).array, plain)
+    np.testing.assert_array_equal(off.translate(head, direction="t1-to-t2", calibrate=True).array, with_curve)
+    assert on.calibrated == ["t1-to-t2"] and off.calibrated == []
+    written = off.translate_file(head, tmp_path / "o.nii.gz", direction="t1-to-t2", calibrate=True)
+    np.testing.assert_allclose(nib.load(str(written)).get_fdata(), with_curve, rtol=1e-6)
+    failures = on.translate_files([head], tmp_path / "batch", direction="t1-to-t2", calibrate=False)
+    assert failures == []
+    np.testing.assert_allclose(nib.load(str(tmp_path / "batch" / "t1.nii.gz")).get_fdata(), plain, rtol=1e-6)
+
+
 def test_export_model_and_packaging_keep_a_curve(tmp_path: Path):
     import torch
 

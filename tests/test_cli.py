@@ -73,7 +73,8 @@ def test_worker_translates_job_after_job_and_survives_bad_ones(make_volume, tiny
         "not json",
         {"input": str(source), "output": str(tmp_path / "c.nii.gz"), "axes": "all"},
         {"input": str(source), "output": str(existing), "model": str(tiny_model), "direction": "t2-to-t1",
-         "axis": "all", "batch_size": 3},
+         "axis": "all", "batch_size": 3, "calibration": False},
+        {"input": str(source), "output": str(tmp_path / "d.nii.gz"), "calibration": "no"},
     ]
     stdin = "\n".join(job if isinstance(job, str) else json.dumps(job) for job in jobs) + "\n"
     out = subprocess.run([sys.executable, "-m", "medsynth", "worker", "--device", "cpu"], input=stdin,
@@ -87,7 +88,8 @@ def test_worker_translates_job_after_job_and_survives_bad_ones(make_volume, tiny
     assert ends[2].startswith("FAILED <stdin>: job is not JSON")
     assert ends[3] == "FAILED <stdin>: unknown job field(s): axes"
     assert ends[4] == f"DONE {existing}"
-    assert len(ends) == 5 and "Traceback" not in out.stderr
+    assert ends[5] == "FAILED <stdin>: calibration 'no' must be true or false"
+    assert len(ends) == 6 and "Traceback" not in out.stderr
     first = lines[1:lines.index(ends[0])]
     assert first[0].startswith("ESTIMATE ") and first[0].endswith(str(source))
     percents = [int(line.split()[1]) for line in first[1:-1]]

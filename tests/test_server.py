@@ -466,6 +466,28 @@ def test_remote_translate(server: tuple[str, Any], translator: Translator, tmp_p
         remote_translate(dead, src, tmp_path / "a.nrrd")
 
 
+def test_calibration_can_be_turned_off_per_request(identity_model: Path, make_volume, tmp_path: Path) -> None:
+    from medsynth.calibration import calibrate_model
+
+    t1 = [make_volume(tmp_path / "site", f"s{i}_t1.nii.gz", seed=i, contrast="t1") for i in (1, 2)]
+    t2 = [make_volume(tmp_path / "site", f"s{i}_t2.nii.gz", seed=i, contrast="t2") for i in (1, 2)]
+    calibrated = calibrate_model(identity_model, t1, t2, tmp_path / "cal.pt", "t1-to-t2", device="cpu")
+    src = make_volume(tmp_path / "in", "head.nii.gz", seed=5, contrast="t1")
+    app = create_app([calibrated], device="cpu", tmp_dir=tmp_path / "srv")
+    with serve(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/models").json()["models"][0]["config"]["calibrated"] == ["t1-to-t2"]
+        on = save_response(post(client, src, {"direction": "t1-to-t2"}), tmp_path / "on.nii.gz")
+        off = remote_translate(url, src, tmp_path / "off.nii.gz", direction="t1-to-t2", calibration=False)
+    with_curve = Translator.from_file(calibrated, device="cpu")
+    plain = Translator.from_file(identity_model, device="cpu")
+    np.testing.assert_array_equal(nifti_voxels(on), nifti_voxels(expected_output(with_curve, src, tmp_path / "e1",
+                                                                                 direction="t1-to-t2")))
+    np.testing.assert_array_equal(nifti_voxels(off), nifti_voxels(expected_output(plain, src, tmp_path / "e2",
+                                                                                  direction="t1-to-t2")))
+    # the curve changes the answer, so the two checks above tell the requests apart
+    assert np.abs(nifti_voxels(on) - nifti_voxels(off)).max() > 1.0
+
+
 def test_main_rejects_bad_model_paths(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "missing.pt"
     assert main(["--model", str(missing), "--port", "0"]) == 2

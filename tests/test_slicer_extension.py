@@ -135,6 +135,9 @@ def test_build_command_full_and_minimal() -> None:
     minimal = build_command("python", "in.nii", "out.nii")
     assert minimal == ["python", "-m", "medsynth", "convert", "in.nii", "out.nii", "--axis", "axial",
                        "--device", "auto", "--progress", "lines", "--overwrite"]
+    assert build_command("python", "in.nii", "out.nii", calibration=False) == [
+        "python", "-m", "medsynth", "convert", "in.nii", "out.nii", "--axis", "axial", "--device", "auto",
+        "--no-calibration", "--progress", "lines", "--overwrite"]
     with pytest.raises(ValueError, match="axis"):
         build_command("python", "a", "b", axis="oblique")
     with pytest.raises(ValueError, match="device"):
@@ -154,6 +157,9 @@ def test_build_command_is_accepted_by_medsynth_convert() -> None:
     args = convert_parser().parse_args(command[4:])
     assert (args.input, args.output, args.model, args.direction) == ("in.nrrd", "out.nrrd", "m.pt", "t2-to-t1")
     assert (args.axis, args.device, args.batch_size, args.progress, args.overwrite) == ("all", "cpu", 4, "lines", True)
+    assert args.calibration is True
+    assert convert_parser().parse_args(build_command(sys.executable, "a.nrrd", "b.nrrd",
+                                                     calibration=False)[4:]).calibration is False
 
 
 def test_child_environment_hides_gpu_for_cpu_only() -> None:

@@ -317,3 +317,32 @@ def test_remote_server_nifti_round_trip_matches_medsynth_convert(scene_and_node,
         run_conversion_on_node(scene, node, ConversionOptions(server_url=medsynth_server, token="wrong",
                                                               temp_root=str(tmp_path / "work")), timeout=60)
     assert list((tmp_path / "work").iterdir()) == []
+
+
+def test_the_calibration_switch_reaches_the_child_and_the_worker(scene_and_node, identity_model: Path, make_volume,
+                                                                 tmp_path: Path) -> None:
+    """A calibrated model: with the box ticked (the default) the curve is applied, unticked the network's output
+    comes back as it is, in a child process and in the worker alike."""
+    from medsynth.calibration import calibrate_model
+
+    scene, node = scene_and_node
+    t1 = [make_volume(tmp_path / "site", f"s{i}_t1.nii.gz", seed=i, contrast="t1") for i in (1, 2)]
+    t2 = [make_volume(tmp_path / "site", f"s{i}_t2.nii.gz", seed=i, contrast="t2") for i in (1, 2)]
+    calibrated = calibrate_model(identity_model, t1, t2, tmp_path / "cal.pt", "t1-to-t2", device="cpu")
+    want = {}
+    for name, model in (("on", calibrated), ("off", identity_model)):
+        folder = tmp_path / f"reference_{name}"
+        folder.mkdir()
+        want[name] = reference_translation(node, folder, model, ".nrrd", direction="t1-to-t2")[0]
+    assert np.abs(want["on"] - want["off"]).max() > 1.0  # the curve shows, so the cases can be told apart
+    options = dict(model=str(calibrated), direction="t1-to-t2", device="cpu", temp_root=str(tmp_path / "work"))
+    worker = worker_for(ConversionOptions(**options))
+    try:
+        for runner in (None, worker):
+            for name, calibration in (("off", False), ("on", True)):
+                out = run_conversion_on_node(scene, node, ConversionOptions(calibration=calibration, **options),
+                                             timeout=120, worker=runner)
+                np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), want[name], rtol=1e-5,
+                                           atol=1e-4)
+    finally:
+        worker.stop()

@@ -189,6 +189,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             temp_root=slicer.app.temporaryPath,
             server_url=url if remote else None,
             token=self.ui.serverTokenLineEdit.text.strip() or None,
+            calibration=bool(self.ui.calibrationCheckBox.checked),
         )
 
     # -- reacting to the panel ----------------------------------------------------------------------

@@ -62,6 +62,8 @@ class ConversionOptions:
         temp_root: folder for the temporary files; None for the system's.
         environment: environment the child starts from; None for this process's (in Slicer, the Module
             passes Slicer's start-up environment, since ``PythonSlicer`` sets up its own paths).
+        calibration: apply the model's output calibration curve (``medsynth-calibrate``) if it carries one;
+            False: the network's output as it is.
     """
 
     model: str | None = None
@@ -75,6 +77,7 @@ class ConversionOptions:
     token: str | None = None
     temp_root: str | None = None
     environment: Mapping[str, str] | None = None
+    calibration: bool = True
 
     def validate(self) -> None:
         """Raise ValueError for an option medsynth would reject anyway, before any file is written."""
@@ -247,6 +250,7 @@ class RemoteRunner:
                 direction=self.options.direction,
                 axis=self.options.axis,
                 token=self.options.token,
+                calibration=self.options.calibration,
             )
         except Exception as exc:  # shown to the person as one line, whatever went wrong
             self._error = str(exc) or type(exc).__name__
@@ -361,6 +365,9 @@ class ConversionJob:
                 job = {"input": str(input_path), "output": str(output_path), "model": self.options.model or None,
                        "direction": self.options.direction, "axis": self.options.axis,
                        "batch_size": self.options.batch_size}
+                if not self.options.calibration:
+                    # only when off: the job stays one that a worker from before the switch takes
+                    job["calibration"] = False
                 self.runner = WorkerRunner(self.worker, job, self.on_progress, self.on_line, self.on_estimate)
             else:
                 command = build_command(
@@ -372,6 +379,7 @@ class ConversionJob:
                     axis=self.options.axis,
                     device=self.options.device,
                     batch_size=self.options.batch_size,
+                    calibration=self.options.calibration,
                 )
                 self.runner = ProcessRunner(
                     command,

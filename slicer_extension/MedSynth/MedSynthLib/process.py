@@ -36,6 +36,7 @@ def build_command(
     axis: str = "axial",
     device: str = "auto",
     batch_size: int | None = None,
+    calibration: bool = True,
 ) -> list[str]:
     """Command line that converts one file with medsynth, printing progress one line at a time.
 
@@ -48,6 +49,7 @@ def build_command(
         axis: ``axial``, ``coronal``, ``sagittal`` or ``all`` (all three fused).
         device: ``auto``, ``cuda`` or ``cpu``.
         batch_size: slices per forward pass; None keeps medsynth's default.
+        calibration: False adds ``--no-calibration`` (the network's output without a calibrated model's curve).
 
     Returns:
         The argument list for :class:`subprocess.Popen` (no shell).
@@ -70,6 +72,8 @@ def build_command(
         if int(batch_size) < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         command += ["--batch-size", str(int(batch_size))]
+    if not calibration:
+        command.append("--no-calibration")
     command += ["--progress", "lines", "--overwrite"]
     return command
 
