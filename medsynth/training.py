@@ -146,8 +146,10 @@ class DomainData:
 
 def grid_axis(config: TrainConfig) -> str:
     """The axis of the sample grids' slices: the training axis, or for multi-planar training the validation
-    axis (axial by default, as conversion)."""
-    return config.val_axis if config.axis == "all" else config.axis
+    axis (axial by default, as conversion; axial too when validation fuses all three)."""
+    if config.axis != "all":
+        return config.axis
+    return config.val_axis if config.val_axis in AXES else "axial"
 
 
 def pair_volumes(a: DomainData, b: DomainData) -> list[tuple[int, int]]:
@@ -526,8 +528,9 @@ class Trainer:
             # the neighbours' bases are stacked once per volume, along one axis
             raise InputError("--axis", "multi-planar training (all) takes no 2.5D context: drop --context or "
                                        "pick one axis")
-        if config.val_axis not in AXES:
-            raise InputError("--val-axis", f"{config.val_axis!r} is not one of {', '.join(AXES)}")
+        if config.val_axis not in TRAIN_AXES:
+            # validation converts as medsynth-convert --axis does: one axis, or the three fused
+            raise InputError("val_axis", f"{config.val_axis!r} is not one of {', '.join(TRAIN_AXES)}")
         if (config.extra_a or config.extra_b) and not config.paired:
             raise InputError("--unpaired-a" if config.extra_a else "--unpaired-b",
                              "unpaired volumes join --paired training; without --paired every volume is unpaired: "

@@ -602,6 +602,8 @@ def test_multi_planar_run_trains_converts_and_refuses_context(tmp_path: Path,
     config.val_axis = "coronal"
     assert grid_axis(config) == "coronal"
     assert grid_axis(TrainConfig(axis="sagittal")) == "sagittal"
+    config.val_axis = "all"
+    assert grid_axis(config) == "axial"
     translator = Translator.from_file(run / "model.pt", device="cpu")
     source = sorted((tmp_path / "t1").glob("*.nii.gz"))[0]
     for axis in ("axial", "all"):
