@@ -651,8 +651,9 @@ class Trainer:
             persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
         from medsynth.networks import generator_stride
 
-        samples = tuple(s.to(device) for s in fixed_samples(data_a, data_b, grid_axis(config), generator_stride(config.model),
-                                                            extra_a=extras.get("a"), extra_b=extras.get("b")))
+        fixed = fixed_samples(data_a, data_b, grid_axis(config), generator_stride(config.model),
+                              extra_a=extras.get("a"), extra_b=extras.get("b"))
+        samples = tuple(s.to(device) for s in fixed)
         self._unpaired_samples = (int("a" in extras), int("b" in extras))
         writer = self._writer() if self.dist.main else None
         autocast = config.amp and autocast_enabled(device)

@@ -150,10 +150,7 @@ def write_report(result: dict[str, Any], recipes: list[str], direction: str, res
     md += ["", f"Machine: {m['platform']}, {m['processor']}, Python {m['python']}, torch {m['torch']}, MONAI "
                f"{m['monai']}, {m['threads']} threads. Command: `python scripts/study_calibrate.py --out RUNS "
                f"--recipes {','.join(recipes)} --direction {direction} --packaged`.", ""]
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.md").write_text("\n".join(md))
-    (results / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
-    print("\n".join(md))
+    study_cpu.write_results(results, name, md, result)
 
 
 def main(argv: list[str] | None = None) -> int:

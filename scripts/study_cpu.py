@@ -371,6 +371,17 @@ def extra_scores(run: Path, held_out: Path) -> dict[str, dict[str, dict[str, flo
     return out
 
 
+def write_results(results: Path, name: str, md: list[str], result: dict[str, Any]) -> None:
+    """A study's ``name``.md (the lines of ``md``) and ``name``.json (``result``, NaN kept as written) in
+    ``results``, each written atomically; the report is printed too."""
+    from medsynth.files import write_atomic
+
+    results.mkdir(parents=True, exist_ok=True)
+    write_atomic(results / f"{name}.md", "\n".join(md))
+    write_atomic(results / f"{name}.json", json.dumps(result, indent=1, allow_nan=True) + "\n")
+    print("\n".join(md))
+
+
 #: lesion masks of the shared patients (``scripts/make_lesion_masks.py``): 1 oedema, 2 core
 LESIONS = HERE / "study_data" / "lesion_masks"
 #: the packaged model's recipe and held-out patient: that fold's run is the packaged model itself

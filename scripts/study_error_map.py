@@ -23,7 +23,6 @@ usage: python scripts/study_error_map.py --out RUNS --recipes R,R_seed1 [--rim 3
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -135,7 +134,8 @@ def patient_profiles() -> dict[str, dict[str, list[float]]]:
         t1, t2 = (load_image(case / f"{n}.nii.gz").array for n in ("t1", "t2"))
         mask = (t1 > 0) & (t2 > 0)
         distance = edge_distance(mask)
-        out[case.name] = {n: rim_profile(normalise_in_mask(a, mask), mask, distance) for n, a in (("t1", t1), ("t2", t2))}
+        out[case.name] = {n: rim_profile(normalise_in_mask(a, mask), mask, distance)
+                          for n, a in (("t1", t1), ("t2", t2))}
     return out
 
 
@@ -155,8 +155,8 @@ def write_report(result: dict[str, Any], results: Path, name: str, command: str)
     regions = ["rim"] + [b[0] for b in BANDS]
     md = ["# Where the unseen-patient error lies", "",
           f"Each fold's model and both baselines on the fold's held-out patient, axial, every image normalised to the "
-          f"brain's 0.5-99.5 % as the metrics do. Rim: brain voxels within {result['rim']:g} voxels of the mask's edge; "
-          f"the interior split by the reference's own levels. Per region: share of voxels / share of the squared "
+          f"brain's 0.5-99.5 % as the metrics do. Rim: brain voxels within {result['rim']:g} voxels of the mask's "
+          f"edge; the interior split by the reference's own levels. Per region: share of voxels / share of the squared "
           f"error / bias (prediction - reference). Low: the share of the squared error a Gaussian of "
           f"{result['sigma']:g} voxels keeps, and the PSNR without it. Not a recipe choice.", "",
           "## Means over the folds", "",
@@ -191,10 +191,7 @@ def write_report(result: dict[str, Any], results: Path, name: str, command: str)
     m = result["machine"]
     md += ["", f"Machine: {m.get('platform')}, {m.get('cpu')}, Python {m.get('python')}, torch "
                f"{m.get('torch')}. Command: `{command}`.", ""]
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.md").write_text("\n".join(md))
-    (results / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=True) + "\n")
-    print("\n".join(md))
+    study_cpu.write_results(results, name, md, result)
 
 
 def main(argv: list[str] | None = None) -> int:
