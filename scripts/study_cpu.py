@@ -192,6 +192,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_planes_seed1": _packaged(seed=1, axis="all"),
     # a third seed, read with seed 1 for T2 -> T1 only (the question seed 0 suggested; study_planes.md)
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_planes_seed2": _packaged(seed=2, axis="all"),
+    # the packaged recipe without the template pair: study_allpairs.py trains it on one, two and three patients and
+    # scores every model on the template pair, the one registered head none of them saw
+    "ssim30_gate10_augbase_lesions_smooth07_2052_notemplate": _packaged(extra_pairs=[]),
     "ssim30_gate10_smooth07_self_8208": _ssim30(train_on="held_out", steps=8208, intensity_augment=False,
                                                 model={"gate_scale": 10.0, "base_smooth": 0.7}),
     # the same on whole slices (240 px: the instance-norm statistics the model sees at conversion)
