@@ -139,6 +139,9 @@ class TrainConfig:
     augment_base: bool = False
     flip: bool = True
     enhance: list[str] = field(default_factory=list)
+    #: ``n4``: every volume divided by its N4 bias field before normalisation, at training and (the model file
+    #: records it) at conversion (:mod:`medsynth.bias`); ``none``: as read
+    bias_correction: str = "none"
     seed: int = 0
     device: str = "auto"
     amp: bool = True

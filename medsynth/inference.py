@@ -98,8 +98,13 @@ class Translator:
                  device: str | torch.device = "auto", batch_size: int | None = None, amp: bool = True,
                  source: str | Path = "<memory>", channels_last: bool | None = None, compile: bool = False,
                  precision: str = "auto", threads: int | None = None, crop: bool = True,
-                 calibration: dict[str, Any] | None = None, calibrate: bool = True) -> None:
+                 calibration: dict[str, Any] | None = None, calibrate: bool = True,
+                 bias_field: str = "restore") -> None:
+        from medsynth.bias import BIAS_OUTPUTS
         from medsynth.curves import parse_curves
+
+        if bias_field not in BIAS_OUTPUTS:
+            raise InputError(bias_field, f"unknown bias-field handling: use {' or '.join(BIAS_OUTPUTS)}")
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
@@ -141,6 +146,10 @@ class Translator:
         #: output curves by direction (every one the model carries, applied or not)
         self.curves = parse_curves(calibration or {}, list(self.networks))
         self.calibrate = calibrate
+        #: for a model trained on bias-corrected volumes (``config.bias_correction``): ``restore`` multiplies the
+        #: input's own field (scaled to median 1) back onto the translation, so that it carries the session's coil
+        #: shading as a real image of that session does; ``remove`` leaves the translation free of it
+        self.bias_field = bias_field
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
@@ -192,7 +201,9 @@ class Translator:
         """What a client needs to know: domains, directions, axes, generator."""
         return {"source": self.source, "domains": list(self.domains), "directions": self.directions,
                 "axes": list(AXIS_CHOICES), "generator": self.config.model.generator, "ngf": self.config.model.ngf,
-                "size": self.config.size, "enhance": list(self.config.enhance), "device": str(self.device),
+                "size": self.config.size, "enhance": list(self.config.enhance),
+                "bias_correction": self.config.bias_correction, "bias_field": self.bias_field,
+                "device": str(self.device),
                 "precision": self.precision, "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                 "calibrated": self.calibrated}
 
@@ -413,6 +424,13 @@ class Translator:
         if array.ndim != 3:
             raise InputError(source, f"shape {array.shape}: expected a 3D volume")
         ras, ornt = to_ras(array, affine)
+        field = None
+        if self.config.bias_correction != "none" and ras.shape[-1] > 1:
+            from medsynth.bias import estimate_field, ras_spacing
+
+            # the networks were trained on corrected volumes: they see this one corrected too
+            field = estimate_field(ras, ras_spacing(affine, ornt), self.config.bias_correction)
+            ras = ras / field
         x = torch.from_numpy(np.ascontiguousarray(ras))[None]
         if self.config.enhance:
             from medsynth.enhance import Enhance
@@ -446,6 +464,10 @@ class Translator:
         y = denormalise(y, target, foreground[index].to(y.device)).cpu()[0].numpy()
         if (self.calibrate if calibrate is None else calibrate) and key in self.curves:
             y = self.curves[key].apply(y, foreground[index][0].numpy())
+        if field is not None and self.bias_field == "restore":
+            from medsynth.bias import restore_field
+
+            y = restore_field(y, field[index[1:]], foreground[index][0].numpy())
         if box is not None:
             # in Fortran order, NIfTI's voxel order: a writer then copies it as it is instead of transposing
             full = np.full(x.shape[1:][::-1], target.background, np.float32).T

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medsynth.bias import BIAS_CORRECTIONS
 from medsynth.config import AXES, LESION_SITES, TRAIN_AXES, TrainConfig, describe_axes
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
@@ -74,7 +75,7 @@ class DomainData:
     """One domain's volumes, decoded, reoriented and normalised once (MONAI ``CacheDataset``)."""
 
     def __init__(self, files: Sequence[Path], enhance: Sequence[str] = (), workers: int = 0,
-                 cache_dir: str | None = None, progress: bool = True) -> None:
+                 cache_dir: str | None = None, progress: bool = True, bias_correction: str = "none") -> None:
         from monai.data import CacheDataset, PersistentDataset
 
         from medsynth.transforms import IntensityStats, prepare_transform
@@ -87,13 +88,15 @@ class DomainData:
         for group, expect in ((volumes, "volume"), (images, "any")):
             if not group:
                 continue
-            transform = prepare_transform("image", expect=expect, enhance=enhance)
+            # a 2D image has no bias field to speak of (and N4 wants a volume): only volumes are corrected
+            transform = prepare_transform("image", expect=expect, enhance=enhance,
+                                          bias_correction=bias_correction if expect == "volume" else "none")
             data = [{"image": i["image"]} for i in group]
             if cache_dir:
                 # PersistentDataset hashes the item: a changed file or enhancement must not reuse old volumes
                 for item in data:
                     info = Path(item["image"]).stat()
-                    item["_key"] = f"{info.st_size}-{info.st_mtime_ns}-{','.join(enhance)}"
+                    item["_key"] = f"{info.st_size}-{info.st_mtime_ns}-{','.join(enhance)}-{bias_correction}"
             try:
                 ds = PersistentDataset(data, transform, cache_dir=cache_dir) if cache_dir else \
                     CacheDataset(data, transform, num_workers=max(workers, 1), progress=progress)
@@ -517,6 +520,9 @@ class Trainer:
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
+        if config.bias_correction not in BIAS_CORRECTIONS:
+            raise InputError("--bias-correction", f"{config.bias_correction!r} is not one of "
+                                                  f"{', '.join(BIAS_CORRECTIONS)}")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
@@ -583,8 +589,9 @@ class Trainer:
         config.val_a = [str(p.absolute()) for p, _ in val_pairs]
         config.val_b = [str(p.absolute()) for _, p in val_pairs]
         device = self._init_distributed()
-        data_a = DomainData(files_a, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
-        data_b = DomainData(files_b, config.enhance, config.workers, config.cache_dir, self.progress and self.dist.main)
+        data_a, data_b = (DomainData(files, config.enhance, config.workers, config.cache_dir,
+                                     self.progress and self.dist.main, config.bias_correction)
+                          for files in (files_a, files_b))
         init = init_source(config) if not self.resume else None
         given = init is not None and all("quantiles" in init["stats"].get(n, {}) for n in config.names)
         pairs, quantiles = prepare_domains(data_a, data_b, config, tuple(  # type: ignore[arg-type]
@@ -599,7 +606,7 @@ class Trainer:
                                        ("b", extra_files["b"], quantiles[0], quantiles[1])):
             if files:
                 extras[key] = DomainData(files, config.enhance, config.workers, config.cache_dir,
-                                         self.progress and self.dist.main)
+                                         self.progress and self.dist.main, config.bias_correction)
                 if config.model.residual == "invert":
                     extras[key].add_base(other, own, config.model.context, config.train_axes[0])
         if init is not None:
@@ -1021,7 +1028,8 @@ class Plan:
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
                 f"{smoothed}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
-                f"{describe_axes(c.axis)} slices, {' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
+                f"{describe_axes(c.axis)} slices{' of N4-corrected volumes' if c.bias_correction == 'n4' else ''}, "
+                f"{' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")
 
     def observe(self, step: int) -> bool:

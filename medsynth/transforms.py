@@ -41,7 +41,7 @@ from medsynth.intensity import (
 
 __all__ = ["BACKGROUND_LEVEL", "FOREGROUND_FLOOR", "FOREGROUND_FRACTION", "LOWER_PERCENTILE", "UPPER_PERCENTILE", "IntensityStats", "background_level",
            "denormalise", "foreground_threshold", "intensity_stats", "normalise", "RAS_LABELS", "RobustNormalised",
-           "LoadImaged", "prepare_transform", "slice_coverage", "RandSliced", "RandIntensityAugmentd",
+           "LoadImaged", "BiasCorrectd", "prepare_transform", "slice_coverage", "RandSliced", "RandIntensityAugmentd",
            "intensity_augment_transform", "train_slice_transform"]
 
 #: Axis labels of RAS space, given explicitly to MONAI's Orientation.
@@ -91,16 +91,41 @@ class LoadImaged(MapTransform):
         return d
 
 
-def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhance: Sequence[str] = ()) -> Compose:
-    """Deterministic part shared by training and conversion: load, channel first, RAS, normalise.
+class BiasCorrectd(MapTransform):
+    """Dictionary transform: each (1, X, Y, Z) ``MetaTensor`` divided by its bias field
+    (:func:`medsynth.bias.correct_bias`, with the voxel size its affine gives); a one-slice image passes as it is."""
 
-    Its output is what training caches (``CacheDataset``): each volume is decoded once.
+    def __init__(self, keys: KeysCollection, method: str = "n4") -> None:
+        super().__init__(keys)
+        self.method = method
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medsynth.bias import correct_bias, ras_spacing
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            x = d[key]
+            corrected = correct_bias(x[0].numpy(), ras_spacing(np.asarray(x.affine, dtype=np.float64)), self.method)
+            # a copy of the MetaTensor keeps its affine and metadata
+            d[key] = x.clone()
+            d[key][0] = torch.from_numpy(corrected).to(x.dtype)
+        return d
+
+
+def prepare_transform(keys: KeysCollection = "image", expect: str = "any", enhance: Sequence[str] = (),
+                      bias_correction: str = "none") -> Compose:
+    """Deterministic part shared by training and conversion: load, channel first, RAS, (bias-field correction of a
+    volume), normalise.
+
+    Its output is what training caches (``CacheDataset``): each volume is decoded (and corrected) once.
     """
     chain: list[Transform] = [
         LoadImaged(keys, expect=expect),
         EnsureChannelFirstd(keys, channel_dim="no_channel"),
         Orientationd(keys, axcodes="RAS", labels=RAS_LABELS),
     ]
+    if bias_correction != "none":
+        chain.append(BiasCorrectd(keys, bias_correction))
     if enhance:
         from medsynth.enhance import Enhanced
 

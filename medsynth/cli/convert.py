@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
                    help="skip the model's output calibration curve (medsynth-calibrate), if it carries one: the "
                         "network's output as it is")
+    p.add_argument("--bias-field", choices=("restore", "remove"), default="restore",
+                   help="with a model trained on bias-corrected volumes (medsynth-train --bias-correction n4): the "
+                        "input is corrected before translation, and restore (default) puts its field back onto the "
+                        "result, as a real image of the same session has it; remove leaves the result without it")
     p.add_argument("--dtype", choices=("float32", "input"), default="float32",
                    help="output voxel type: float32, or the input's own (rounded and clipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
@@ -94,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     translator = Translator.from_file(args.model, device=device, batch_size=args.batch_size, compile=args.compile,
                                       precision=args.precision, threads=args.threads, crop=args.crop,
-                                      calibrate=args.calibration)
+                                      calibrate=args.calibration, bias_field=args.bias_field)
     translator._resolve_direction(args.direction)
     outputs: list[Path] = []
     skipped = 0

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enhance", default="",
                    help=f"enhancement steps applied to the inputs, e.g. clahe,denoise; of {', '.join(STEPS)} "
                         "(default: none)")
+    g.add_argument("--bias-correction", choices=("none", "n4"), default=d.bias_correction,
+                   help="n4: divide every volume by its N4 bias field before training, and (the model records it) "
+                        "every input before conversion (default: none; 2D images are never corrected)")
     g.add_argument("--paired", action="store_true",
                    help="the two sets are registered pairs, matched by case name (same shape and affine): both "
                         "images of a pair get the same slice and augmentation, and --lambda-paired x L1 joins the "
@@ -207,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
         lesion_augment=args.lesion_augment, lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
-        enhance=[s for s in args.enhance.split(",") if s], seed=args.seed, device=args.device, amp=args.amp,
+        enhance=[s for s in args.enhance.split(",") if s], bias_correction=args.bias_correction, seed=args.seed,
+        device=args.device, amp=args.amp,
         channels_last=args.channels_last, compile=args.compile, workers=args.workers, cache_dir=args.cache_dir,
         log_every=args.log_every, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
         keep_checkpoints=args.keep_checkpoints, val_a=args.val_a, val_b=args.val_b, val_every=args.val_every)
@@ -254,7 +258,15 @@ def _apply_init(args: argparse.Namespace, given: set[str]) -> None:
     if args.resume:
         raise InputError("--init", "a resumed run continues from its own checkpoint: leave --init out")
     path = default_model_path() if args.init == "default" else args.init
-    theirs = model_config_from_dict(read_model_file(path).get("config", {}).get("model", {}))
+    config = read_model_file(path).get("config", {})
+    theirs = model_config_from_dict(config.get("model", {}))
+    # the model's intensity statistics were taken from volumes prepared its way
+    bias = config.get("bias_correction", "none")
+    if "bias_correction" not in given:
+        args.bias_correction = bias
+    elif args.bias_correction != bias:
+        raise InputError("--bias-correction", f"{args.bias_correction} differs from the --init model's {bias} ({path}): "
+                                              f"leave it out to take the model's")
     for key in (*INIT_OPTIONS, "dropout"):
         value = getattr(theirs, key)
         if key not in given:

@@ -1,0 +1,119 @@
+"""Bias-field correction of MR volumes before translation (N4, as SimpleITK and ANTs implement it).
+
+An MR volume's intensities carry a smooth multiplicative field from the receive coils and the excitation: the same
+tissue is brighter near a coil than across the head. A translation that starts from a monotone intensity map (the
+inverted histogram match of a residual model) carries the source's field into its output, inverted for T1 <-> T2,
+where the real target has a field of its own. A model trained with ``bias_correction="n4"``
+(``medsynth-train --bias-correction n4``) has every training volume corrected once, and conversion corrects each
+input the same way before its slices go through the network; the model file records the choice, so conversion,
+the server, the Slicer module and a MONAI bundle all apply it without being told. 2D images are left as they are.
+
+The field is estimated by N4 (Tustison et al., IEEE TMI 29(6), 2010) on the volume shrunk to about 6 mm, inside the
+foreground medsynth normalises (:func:`medsynth.intensity.foreground_threshold`), and divided out at full
+resolution everywhere (the background, zero in a skull-stripped volume, stays zero). At 6 mm the field of a 1 mm
+brain costs a few seconds and is within 3-6 % (1st-99th percentile) of the field fitted at 4 mm, at 2-3x the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["BIAS_CORRECTIONS", "BIAS_OUTPUTS", "N4_ITERATIONS", "bias_field", "correct_bias", "estimate_field",
+           "ras_spacing", "restore_field"]
+
+#: the values of ``TrainConfig.bias_correction``
+BIAS_CORRECTIONS: tuple[str, ...] = ("none", "n4")
+#: what conversion does with the input's field once the corrected volume is translated (``Translator.bias_field``)
+BIAS_OUTPUTS: tuple[str, ...] = ("restore", "remove")
+#: N4's fitting levels and iterations at each (ANTs' and SimpleITK's usual 50x50x50x50)
+N4_ITERATIONS: tuple[int, ...] = (50, 50, 50, 50)
+#: the spacing (mm) the volume is shrunk to, about, for estimating the field (smooth over centimetres)
+N4_SPACING_MM = 6.0
+
+
+def bias_field(volume: np.ndarray, spacing: Sequence[float], mask: np.ndarray | None = None,
+               iterations: Sequence[int] = N4_ITERATIONS) -> np.ndarray:
+    """The multiplicative bias field of an (X, Y, Z) volume, by N4.
+
+    Args:
+        volume: the intensities (any real type; non-positive voxels inside the mask are raised to a small
+            positive value for the estimate, as N4 works on their logarithm).
+        spacing: voxel size in mm along X, Y, Z.
+        mask: where to fit the field (default: medsynth's foreground of the volume).
+        iterations: N4's iterations at each fitting level.
+
+    Returns:
+        A float32 field of the volume's shape, 1 where there is nothing to correct.
+    """
+    import SimpleITK as sitk
+
+    from medsynth.intensity import foreground_threshold
+
+    x = np.asarray(volume, dtype=np.float32)
+    if mask is None:
+        mask = x > foreground_threshold(x)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.sum() < 64 or x.ndim != 3 or min(x.shape) < 2:
+        return np.ones_like(x)
+    floor = max(float(np.percentile(x[mask], 1)) * 1e-3, 1e-6)
+    positive = np.where(mask, np.maximum(x, floor), 0).astype(np.float32)
+    # SimpleITK's arrays are (Z, Y, X)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(positive.transpose(2, 1, 0)))
+    image.SetSpacing([float(s) for s in spacing])
+    label = sitk.GetImageFromArray(np.ascontiguousarray(mask.transpose(2, 1, 0).astype(np.uint8)))
+    label.CopyInformation(image)
+    shrink = [max(1, min(int(round(N4_SPACING_MM / float(s))), n // 8 or 1)) for s, n in zip(spacing, x.shape)]
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    corrector.Execute(sitk.Shrink(image, shrink), sitk.Shrink(label, shrink))
+    log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(image)).transpose(2, 1, 0)
+    return np.exp(log_field).astype(np.float32)
+
+
+def estimate_field(volume: np.ndarray, spacing: Sequence[float], method: str = "n4") -> np.ndarray:
+    """The multiplicative field ``method`` (``n4``) finds in a volume; ones for ``none`` and for a one-slice image.
+
+    Raises:
+        ValueError: an unknown method.
+    """
+    x = np.asarray(volume, dtype=np.float32)
+    if method not in BIAS_CORRECTIONS:
+        raise ValueError(f"unknown bias correction {method!r}: use {', '.join(BIAS_CORRECTIONS)}")
+    if method == "none" or x.ndim != 3 or x.shape[-1] == 1:
+        return np.ones_like(x)
+    return bias_field(x, spacing)
+
+
+def correct_bias(volume: np.ndarray, spacing: Sequence[float], method: str = "n4") -> np.ndarray:
+    """The volume divided by its bias field (``method`` ``n4``), or as it is (``none``, or a one-slice image)."""
+    x = np.asarray(volume, dtype=np.float32)
+    field = estimate_field(x, spacing, method)
+    return x if method == "none" or x.ndim != 3 or x.shape[-1] == 1 else x / field
+
+
+def restore_field(translation: np.ndarray, field: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """A translation of a corrected volume with the source's ``field`` put back inside ``foreground``.
+
+    The field is scaled to median 1 over the foreground first (N4's own scale is arbitrary), so the translation
+    keeps its intensity range and only its shading changes. Why at all: the receive coils' field is one for every
+    image of a session, so the real target carries much of the source's field (the shared patients' T1 and T2
+    fields correlate at 0.23-0.69), and a translation without it differs from the real image by all of it.
+    """
+    fg = np.asarray(foreground, dtype=bool)
+    if not fg.any():
+        return translation
+    scaled = field / float(np.median(field[fg]))
+    return np.where(fg, translation * scaled, translation).astype(np.float32, copy=False)
+
+
+def ras_spacing(affine: np.ndarray, ornt: np.ndarray | None = None) -> np.ndarray:
+    """Voxel size (mm) along each array axis of a volume with ``affine``; with ``ornt`` (nibabel's orientation, as
+    :func:`medsynth.inference.to_ras` returns it), along the axes of the reoriented array."""
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    if ornt is None:
+        return spacing
+    out = np.empty(3)
+    out[np.asarray(ornt[:, 0], dtype=int)] = spacing
+    return out

@@ -1,0 +1,119 @@
+"""``medsynth.bias``: N4 bias-field correction, in training's volume preparation and in conversion."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medsynth.bias import bias_field, correct_bias, ras_spacing
+from medsynth.errors import InputError
+
+
+def _tissues(shape: tuple[int, int, int] = (48, 48, 32), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A ball of two tissues (100 and 200, in slabs along the first axis) with a little noise, zero outside."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.8
+    level = np.where((np.arange(shape[0]) // 6) % 2 == 0, 100.0, 200.0)[:, None, None] * np.ones(shape)
+    volume = np.where(inside, level * (1 + 0.01 * rng.standard_normal(shape)), 0.0)
+    return volume.astype(np.float32), inside & np.ones(shape, bool)
+
+
+def _spread(volume: np.ndarray, inside: np.ndarray, clean: np.ndarray) -> float:
+    """The largest coefficient of variation of one tissue's voxels."""
+    return max(float(volume[inside & (clean == v)].std() / volume[inside & (clean == v)].mean())
+               for v in (100.0, 200.0))
+
+
+def test_n4_takes_out_a_smooth_field_and_leaves_a_flat_volume_alone() -> None:
+    clean, inside = _tissues()
+    levels = np.where(inside, np.round(clean / 100) * 100, 0)
+    ramp = np.linspace(-1, 1, clean.shape[1])[None, :, None] + 0.5 * np.linspace(-1, 1, clean.shape[2])[None, None, :]
+    field = np.exp(0.3 * ramp).astype(np.float32)
+    biased = clean * field
+    corrected = correct_bias(biased, (1.5, 1.5, 2.0))
+    assert _spread(biased, inside, levels) > 0.12  # the clean tissues: 0.01
+    assert _spread(corrected, inside, levels) < 0.03, _spread(corrected, inside, levels)
+    assert np.all(corrected[~inside] == 0)
+    # nothing to correct: the field stays within a few per cent of flat
+    flat = bias_field(clean, (1.5, 1.5, 2.0))
+    assert np.abs(flat[inside] / np.median(flat[inside]) - 1).max() < 0.05
+    # a one-slice image and method none pass as they are
+    np.testing.assert_array_equal(correct_bias(biased[..., :1], (1, 1, 1)), biased[..., :1])
+    np.testing.assert_array_equal(correct_bias(biased, (1, 1, 1), "none"), biased)
+    with pytest.raises(ValueError, match="unknown bias correction"):
+        correct_bias(biased, (1, 1, 1), "n3")
+
+
+def test_ras_spacing_follows_the_reorientation() -> None:
+    from medsynth.inference import to_ras
+
+    affine = np.array([[0, 0, -3.0, 0], [2.0, 0, 0, 0], [0, -1.0, 0, 0], [0, 0, 0, 1]])
+    ras, ornt = to_ras(np.zeros((4, 5, 6), np.float32), affine)
+    np.testing.assert_allclose(ras_spacing(affine), [2.0, 1.0, 3.0])
+    np.testing.assert_allclose(ras_spacing(affine, ornt), [3.0, 2.0, 1.0])
+    assert ras.shape == (6, 4, 5)
+
+
+def test_a_model_trained_with_n4_corrects_its_input_at_conversion(tiny_model: Path) -> None:
+    """Conversion with a model that records ``bias_correction: n4`` gives the voxels its networks give on the input
+    corrected beforehand; the same networks without it give others."""
+    from medsynth.inference import Translator
+
+    clean, inside = _tissues((40, 44, 24))
+    ramp = np.linspace(-1, 1, clean.shape[0])[:, None, None]
+    biased = clean * np.exp(0.35 * ramp).astype(np.float32)
+    affine = np.diag([1.2, 1.2, 2.0, 1.0])
+    plain = Translator.from_file(tiny_model, device="cpu")
+    n4, removed = (Translator.from_file(tiny_model, device="cpu", bias_field=b) for b in ("restore", "remove"))
+    for t in (n4, removed):
+        t.config = dataclasses.replace(t.config, bias_correction="n4")
+    assert n4.info()["bias_correction"] == "n4" and plain.info()["bias_correction"] == "none"
+    assert (n4.info()["bias_field"], removed.info()["bias_field"]) == ("restore", "remove")
+    out = removed.translate_array(biased, affine)
+    expected = plain.translate_array(correct_bias(biased, (1.2, 1.2, 2.0)), affine)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+    assert np.abs(out - plain.translate_array(biased, affine))[inside].mean() > 1.0
+    # restore: the same translation times the input's field (scaled to median 1 over the foreground)
+    field = bias_field(biased, (1.2, 1.2, 2.0))
+    restored = n4.translate_array(biased, affine)
+    scaled = field / np.median(field[inside])
+    np.testing.assert_allclose(restored[inside], out[inside] * scaled[inside], rtol=2e-3, atol=1e-2)
+    assert np.abs(restored - out)[inside].mean() > 1.0
+    with pytest.raises(InputError, match="unknown bias-field handling"):
+        Translator.from_file(tiny_model, device="cpu", bias_field="keep")
+
+
+def test_training_with_n4_corrects_the_volumes_records_it_and_init_inherits_it(tmp_path: Path, make_volume) -> None:
+    from medsynth.cli import convert_main, train_main
+    from medsynth.training import DomainData
+
+    t1 = [make_volume(tmp_path / "t1", f"case{i}.nii.gz", seed=i) for i in range(2)]
+    t2 = [make_volume(tmp_path / "t2", f"case{i}.nii.gz", seed=i, contrast="t2") for i in range(2)]
+    # the cached training volume is the corrected one
+    plain, corrected = DomainData(t1[:1], progress=False), DomainData(t1[:1], progress=False, bias_correction="n4")
+    raw = np.asarray(nib.load(t1[0]).dataobj, np.float32)
+    assert not torch.equal(plain.volumes[0], corrected.volumes[0])
+    field = bias_field(raw, (1.0, 1.0, 1.0))
+    assert not np.allclose(field, 1.0)
+
+    common = ["--t1", *map(str, t1), "--t2", *map(str, t2), "--paired", "--steps", "2", "--size", "16",
+              "--generator", "resnet6", "--ngf", "4", "--ndf", "4", "--quiet", "--device", "cpu", "--workers", "0"]
+    assert train_main([*common, "--out", str(tmp_path / "run"), "--bias-correction", "n4"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bias_correction"] == "n4"
+    out = tmp_path / "out.nii.gz"
+    assert convert_main([str(t1[0]), str(out), "--model", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert nib.load(out).shape == raw.shape
+
+    # --init takes the model's preparation; a different one given is refused in one line, nothing written
+    assert train_main([*common, "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "run" / "model.pt")]) == 0
+    assert json.loads((tmp_path / "ft" / "config.json").read_text())["bias_correction"] == "n4"
+    assert train_main([*common, "--out", str(tmp_path / "ft2"), "--init", str(tmp_path / "run" / "model.pt"),
+                       "--bias-correction", "none"]) == 2
+    assert not (tmp_path / "ft2").exists()
