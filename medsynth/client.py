@@ -65,11 +65,13 @@ def post_infer(
     dtype: str | None = None,
     output_format: str | None = None,
     calibration: bool = True,
+    bias_field: str = "restore",
 ) -> Any:
     """Send one volume (or a zip of one DICOM series) to ``POST {url}/infer``, streaming it as multipart; returns
     the open urllib response. ``output_format`` (``nii.gz``, ``nii``, ``nrrd``, ``mha``) asks for the answer's
     format; by default it is the upload's (NIfTI for a zip). ``calibration=False`` asks for the network's output
-    without the model's calibration curve (if it carries one).
+    without the model's calibration curve (if it carries one). ``bias_field="remove"`` asks a model trained on
+    bias-corrected volumes for the translation without the input's bias field put back.
 
     Low level: the caller reads and closes the response. Raises ``urllib.error.HTTPError`` (4xx/5xx) and
     ``urllib.error.URLError`` like :func:`urllib.request.urlopen`. :func:`remote_translate` is the friendly form.
@@ -99,6 +101,8 @@ def post_infer(
     if not calibration:
         # only when turned off: a server from before the switch answers the default request as it always did
         query["calibration"] = "false"
+    if bias_field != "restore":
+        query["bias_field"] = bias_field
     endpoint = url.rstrip("/") + "/infer" + (("?" + urllib.parse.urlencode(query)) if query else "")
     request = urllib.request.Request(
         endpoint,
@@ -141,6 +145,7 @@ def remote_translate(
     fuse: str | None = None,
     dtype: str | None = None,
     calibration: bool = True,
+    bias_field: str = "restore",
 ) -> Path:
     """Translate a volume on a ``medsynth-serve`` server; the standard library only (fits Slicer's Python).
 
@@ -155,6 +160,8 @@ def remote_translate(
             model, and None elsewhere means the server's default.
         calibration: False: the network's output without the model's calibration curve (``medsynth-calibrate``),
             if it carries one.
+        bias_field: ``remove``: for a model trained on bias-corrected volumes (``--bias-correction n4``), the
+            translation without the input's bias field put back (``restore``, the default, puts it back).
         token: the server's bearer token, if it has one.
         timeout: seconds to wait for the connection and for each read.
 
@@ -193,7 +200,7 @@ def remote_translate(
     try:
         response = post_infer(
             url, archive or in_path, model=model, direction=direction, axis=axis, token=token, timeout=timeout,
-            fuse=fuse, dtype=dtype, output_format=output_format, calibration=calibration,
+            fuse=fuse, dtype=dtype, output_format=output_format, calibration=calibration, bias_field=bias_field,
         )
     except urllib.error.HTTPError as exc:
         detail = _error_detail(exc)

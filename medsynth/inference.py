@@ -271,6 +271,16 @@ class Translator:
             out = network(batch)
         return out.float()
 
+    def _bias_output(self, bias_field: str | None) -> str:
+        """``bias_field`` checked (``None``: the translator's own)."""
+        from medsynth.bias import BIAS_OUTPUTS
+
+        if bias_field is None:
+            return self.bias_field
+        if bias_field not in BIAS_OUTPUTS:
+            raise InputError(bias_field, f"unknown bias-field handling: use {' or '.join(BIAS_OUTPUTS)}")
+        return bias_field
+
     def _resolve_direction(self, direction: str | None) -> tuple[str, str, str]:
         direction = direction or self.directions[0]
         key = direction.lower()
@@ -320,7 +330,7 @@ class Translator:
     # ---- translation ---------------------------------------------------------------------------------------
     def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = "mean",
                   progress: Progress | None = None, expect: Callable[[float], None] | None = None,
-                  calibrate: bool | None = None) -> Any:
+                  calibrate: bool | None = None, bias_field: str | None = None) -> Any:
         """Translate one volume (or 2D image).
 
         Args:
@@ -334,6 +344,8 @@ class Translator:
                 network: the box around the foreground) before the network starts.
             calibrate: apply the model's output curve for this direction, if it carries one (``None``: as the
                 translator was made, :attr:`calibrate`); for one call, e.g. a server request.
+            bias_field: ``restore`` or ``remove`` the input's bias field on the translation, for a model trained on
+                bias-corrected volumes (``None``: as the translator was made, :attr:`bias_field`).
 
         Returns:
             The same kind of object as given (a path gives an ``Image``), with the input's geometry.
@@ -343,7 +355,7 @@ class Translator:
             volume = load_image(volume)
         if isinstance(volume, Image):
             out = self.translate_array(volume.array, volume.affine, direction, axis, fuse, progress, volume.path,
-                                       expect, calibrate)
+                                       expect, calibrate, bias_field)
             return Image(array=out, affine=volume.affine, path=volume.path, format=volume.format, native=volume.native)
         from monai.data import MetaTensor
 
@@ -352,7 +364,7 @@ class Translator:
             channel = array.ndim == 4
             arr3 = array[0] if channel else array
             out = self.translate_array(arr3, np.asarray(volume.affine, np.float64), direction, axis, fuse, progress,
-                                       expect=expect, calibrate=calibrate)
+                                       expect=expect, calibrate=calibrate, bias_field=bias_field)
             out = out[None] if channel else out
             meta = {k: v for k, v in volume.meta.items() if k != "affine"}
             return MetaTensor(torch.from_numpy(out), affine=volume.affine.clone(), meta=meta)
@@ -368,7 +380,7 @@ class Translator:
 
             validate_array(arr3, "<nibabel image>")
             out = self.translate_array(arr3, np.asarray(volume.affine), direction, axis, fuse, progress,
-                                       expect=expect, calibrate=calibrate)
+                                       expect=expect, calibrate=calibrate, bias_field=bias_field)
             header = volume.header.copy()
             header.set_data_dtype(np.float32)
             result = type(volume)(out.reshape(shape).astype(np.float32), volume.affine, header=header)
@@ -383,7 +395,8 @@ class Translator:
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
                        progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
-                       luminance: bool = False, calibrate: bool | None = None) -> Path:
+                       luminance: bool = False, calibrate: bool | None = None,
+                       bias_field: str | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
 
         Args:
@@ -391,7 +404,7 @@ class Translator:
                 its foreground) once the input is read, before the network starts.
             luminance: translate the luminance of a colour RGB/RGBA picture (else it is refused: the model is
                 single-channel).
-            calibrate: as for :meth:`translate`.
+            calibrate, bias_field: as for :meth:`translate`.
 
         Raises:
             InputError: bad input (one the model was not trained for: a 2D image for a volume model or the
@@ -404,18 +417,19 @@ class Translator:
         image = load_image(input_path)
         self.check_input(image, luminance)
         expect = None if on_start is None else (lambda seconds: on_start(Path(input_path), seconds))
-        out = self.translate(image, direction, axis, fuse, progress, expect, calibrate)
+        out = self.translate(image, direction, axis, fuse, progress, expect, calibrate, bias_field)
         return save_like(image, out.array, output_path, dtype=dtype, overwrite=overwrite)
 
     @torch.no_grad()
     def translate_array(self, array: np.ndarray, affine: np.ndarray, direction: str | None = None,
                         axis: str = "axial", fuse: str = "mean", progress: Progress | None = None,
                         source: str | Path = "<array>", expect: Callable[[float], None] | None = None,
-                        calibrate: bool | None = None) -> np.ndarray:
+                        calibrate: bool | None = None, bias_field: str | None = None) -> np.ndarray:
         """Core of :meth:`translate` on an (I, J, K) array and its voxel-to-RAS affine."""
         from medsynth.intensity import IntensityStats, denormalise, intensity_stats
 
         key, _, dst = self._resolve_direction(direction)
+        bias_field = self._bias_output(bias_field)
         if axis not in AXIS_CHOICES:
             raise InputError(axis, f"unknown axis: use one of {', '.join(AXIS_CHOICES)}")
         if fuse not in ("mean", "median"):
@@ -464,7 +478,7 @@ class Translator:
         y = denormalise(y, target, foreground[index].to(y.device)).cpu()[0].numpy()
         if (self.calibrate if calibrate is None else calibrate) and key in self.curves:
             y = self.curves[key].apply(y, foreground[index][0].numpy())
-        if field is not None and self.bias_field == "restore":
+        if field is not None and bias_field == "restore":
             from medsynth.bias import restore_field
 
             y = restore_field(y, field[index[1:]], foreground[index][0].numpy())
@@ -507,12 +521,12 @@ class Translator:
                         on_done: Callable[[Path, Path | None, str | None], None] | None = None,
                         on_start: Callable[[Path, float], None] | None = None,
                         luminance: bool = False, outputs: Sequence[Path] | None = None,
-                        calibrate: bool | None = None) -> list[tuple[Path, str]]:
+                        calibrate: bool | None = None, bias_field: str | None = None) -> list[tuple[Path, str]]:
         """Translate many files into ``output_dir`` (same file names); a bad file does not stop the others.
 
         Args:
             luminance: as for :meth:`translate_file`.
-            calibrate: as for :meth:`translate`.
+            calibrate, bias_field: as for :meth:`translate`.
             outputs: each input's output (default: :func:`output_paths` of ``inputs`` under ``output_dir``; a share
                 of a larger list, as under torchrun, needs the paths computed from the whole list).
 
@@ -526,6 +540,7 @@ class Translator:
         from concurrent.futures import Future, ThreadPoolExecutor
 
         self._resolve_direction(direction)
+        self._bias_output(bias_field)
         for path in inputs:
             self.check_input_path(path)
         if Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -565,7 +580,8 @@ class Translator:
                 if image is not None:
                     try:
                         expect = None if on_start is None else (lambda seconds, p=Path(path): on_start(p, seconds))
-                        result = self.translate(image, direction, axis, fuse, progress, expect, calibrate)
+                        result = self.translate(image, direction, axis, fuse, progress, expect, calibrate,
+                                                bias_field)
                         problem = None
                     except InputError as exc:
                         image, problem = None, str(exc)

@@ -9,7 +9,9 @@ A GPU box loads its models once and translates volumes sent by 3D Slicer, script
   one enhanced multi-frame DICOM file): answers the translated volume with the same geometry, in the upload's
   format (NIfTI ``.nii.gz`` for a zip) unless ``format=nii.gz|nii|nrrd|mha`` asks for another. ``model`` may be
   left out when one model is loaded; ``direction`` defaults to the model's first. A model calibrated by
-  ``medsynth-calibrate`` applies its curve unless ``calibration=false`` asks for the network's output as it is.
+  ``medsynth-calibrate`` applies its curve unless ``calibration=false`` asks for the network's output as it is. A
+  model trained on bias-corrected volumes puts the input's field back on the translation unless
+  ``bias_field=remove``.
 
 Model names: ``NAME=PATH`` on the command line (or the keys of a dict given to :func:`create_app`) name a model
 explicitly. Otherwise a model is named after its file's stem (``weights/brain_t1t2.pt`` -> ``brain_t1t2``), except
@@ -855,6 +857,9 @@ def create_app(
             None, alias="format", description="answer's file format; default: the upload's (nii.gz for a zip)"),
         calibration: bool = Query(True, description="apply the model's output calibration curve (medsynth-calibrate),"
                                                     " if it carries one; false: the network's output as it is"),
+        bias_field: Literal["restore", "remove"] = Query(
+            "restore", description="for a model trained on bias-corrected volumes (--bias-correction n4): put the "
+                                   "input's bias field back on the translation (restore) or not (remove)"),
     ) -> Any:
         """Translate the volume in the form field ``file`` (a volume file, or a zip of one DICOM series); answers
         it with the same geometry, in the upload's format unless ``format`` names another."""
@@ -874,7 +879,8 @@ def create_app(
             else:
                 out_suffix = ".nii.gz" if upload.suffix == ARCHIVE_SUFFIX else upload.suffix
             out_path = folder / f"output{out_suffix}"
-            options = {"direction": direction, "axis": axis, "fuse": fuse, "dtype": dtype, "calibrate": calibration}
+            options = {"direction": direction, "axis": axis, "fuse": fuse, "dtype": dtype, "calibrate": calibration,
+                       "bias_field": bias_field}
             future = gpu.try_submit(_translate_job, translator, upload.path, out_path, options, upload.client_name,
                                     unzip_limit)
             if future is None:

@@ -66,13 +66,14 @@ def make_volume() -> Callable[..., Path]:
 
 
 def _write_model(path: Path, generator: str, ngf: int = 4, names: tuple[str, str] = ("t1", "t2"),
-                 stats: dict | None = None) -> Path:
+                 stats: dict | None = None, bias_correction: str = "none") -> Path:
     from medsynth.config import ModelConfig, TrainConfig
     from medsynth.cyclegan import export_model
     from medsynth.networks import build_generator, init_weights
 
     torch.manual_seed(0)
-    config = TrainConfig(names=names, model=ModelConfig(generator=generator, ngf=ngf, ndf=4), size=32)
+    config = TrainConfig(names=names, model=ModelConfig(generator=generator, ngf=ngf, ndf=4), size=32,
+                         bias_correction=bias_correction)
     nets = [build_generator(config.model) for _ in range(2)]
     for net in nets:
         init_weights(net)
@@ -106,6 +107,12 @@ def write_residual_model(path: Path, gate: float = 0.0) -> Path:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model.pt with tiny untrained ResNet-6 generators (ngf 4), domains ("t1", "t2")."""
     return _write_model(tmp_path_factory.mktemp("tiny_model") / "model.pt", "resnet6")
+
+
+@pytest.fixture(scope="session")
+def n4_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's networks, recorded as trained on N4-corrected volumes (``bias_correction: n4``)."""
+    return _write_model(tmp_path_factory.mktemp("n4_model") / "model.pt", "resnet6", bias_correction="n4")
 
 
 @pytest.fixture(scope="session")

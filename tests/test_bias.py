@@ -88,6 +88,12 @@ def test_a_model_trained_with_n4_corrects_its_input_at_conversion(tiny_model: Pa
     assert np.abs(restored - out)[inside].mean() > 1.0
     with pytest.raises(InputError, match="unknown bias-field handling"):
         Translator.from_file(tiny_model, device="cpu", bias_field="keep")
+    # for one call (a server request, a worker job): the other choice than the translator's own
+    np.testing.assert_allclose(n4.translate_array(biased, affine, bias_field="remove"), out, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(removed.translate_array(biased, affine, bias_field="restore"), restored, rtol=1e-4,
+                               atol=1e-2)
+    with pytest.raises(InputError, match="unknown bias-field handling"):
+        n4.translate_array(biased, affine, bias_field="keep")
 
 
 def test_training_with_n4_corrects_the_volumes_records_it_and_init_inherits_it(tmp_path: Path, make_volume) -> None:

@@ -57,6 +57,34 @@ def test_unknown_command() -> None:
     assert out.returncode == 2 and "error: frobnicate: unknown command" in out.stderr
 
 
+def test_worker_jobs_choose_the_bias_field(make_volume, n4_model: Path, tmp_path: Path) -> None:
+    """A bias-corrected model in the worker: ``bias_field`` per job, as ``medsynth-convert --bias-field`` gives it;
+    a value other than restore or remove fails that job alone."""
+    import nibabel as nib
+
+    from medsynth.cli import convert_main
+
+    source = make_volume(tmp_path, "t1.nii.gz", shape=(18, 20, 12))
+    jobs = [{"input": str(source), "output": str(tmp_path / f"{b}.nii.gz"), "model": str(n4_model), "bias_field": b}
+            for b in ("remove", "restore", "keep")]
+    stdin = "".join(json.dumps(job) + "\n" for job in jobs)
+    out = subprocess.run([sys.executable, "-m", "medsynth", "worker", "--device", "cpu"], input=stdin,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ends = [line for line in out.stdout.splitlines() if line.split(" ", 1)[0] in ("DONE", "FAILED")]
+    assert ends == [f"DONE {tmp_path / 'remove.nii.gz'}", f"DONE {tmp_path / 'restore.nii.gz'}",
+                    "FAILED <stdin>: bias_field 'keep' must be \"restore\" or \"remove\""]
+    got = {}
+    for b in ("remove", "restore"):
+        ref = tmp_path / f"ref_{b}.nii.gz"
+        assert convert_main([str(source), str(ref), "--model", str(n4_model), "--device", "cpu", "--progress", "none",
+                             "--bias-field", b]) == 0
+        got[b] = np.asarray(nib.load(tmp_path / f"{b}.nii.gz").dataobj)
+        # N4's multithreaded fit may sum in another order from one process to the next
+        np.testing.assert_allclose(got[b], np.asarray(nib.load(ref).dataobj), rtol=1e-4, atol=1e-2)
+    assert np.abs(got["remove"] - got["restore"]).max() > 1.0
+
+
 def test_worker_translates_job_after_job_and_survives_bad_ones(make_volume, tiny_model: Path, tmp_path: Path) -> None:
     """One ``python -m medsynth worker`` process: the protocol lines in order, outputs equal to medsynth-convert's,
     a bad job failing alone in one line, and end of input ending the worker with status 0."""

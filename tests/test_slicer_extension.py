@@ -138,6 +138,10 @@ def test_build_command_full_and_minimal() -> None:
     assert build_command("python", "in.nii", "out.nii", calibration=False) == [
         "python", "-m", "medsynth", "convert", "in.nii", "out.nii", "--axis", "axial", "--device", "auto",
         "--no-calibration", "--progress", "lines", "--overwrite"]
+    assert build_command("python", "in.nii", "out.nii", bias_field="remove")[-5:] == [
+        "--bias-field", "remove", "--progress", "lines", "--overwrite"]
+    with pytest.raises(ValueError, match="bias_field"):
+        build_command("python", "a", "b", bias_field="keep")
     with pytest.raises(ValueError, match="axis"):
         build_command("python", "a", "b", axis="oblique")
     with pytest.raises(ValueError, match="device"):
@@ -160,6 +164,9 @@ def test_build_command_is_accepted_by_medsynth_convert() -> None:
     assert args.calibration is True
     assert convert_parser().parse_args(build_command(sys.executable, "a.nrrd", "b.nrrd",
                                                      calibration=False)[4:]).calibration is False
+    assert args.bias_field == "restore"
+    assert convert_parser().parse_args(build_command(sys.executable, "a.nrrd", "b.nrrd",
+                                                     bias_field="remove")[4:]).bias_field == "remove"
 
 
 def test_child_environment_hides_gpu_for_cpu_only() -> None:

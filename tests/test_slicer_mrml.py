@@ -346,3 +346,31 @@ def test_the_calibration_switch_reaches_the_child_and_the_worker(scene_and_node,
                                            atol=1e-4)
     finally:
         worker.stop()
+
+
+def test_the_bias_field_switch_reaches_the_child_and_the_worker(scene_and_node, n4_model: Path,
+                                                               tmp_path: Path) -> None:
+    """A model trained on N4-corrected volumes: ticked (the default) the input's field is put back on the result,
+    unticked it is not, in a child process and in the worker alike, as ``medsynth-convert --bias-field`` gives."""
+    scene, node = scene_and_node
+    want = {}
+    for choice in ("restore", "remove"):
+        folder = tmp_path / f"reference_{choice}"
+        folder.mkdir()
+        want[choice] = reference_translation(node, folder, n4_model, ".nrrd", direction="t1-to-t2",
+                                             **{"bias-field": choice})[0]
+    assert np.abs(want["restore"] - want["remove"]).max() > 1.0
+    options = dict(model=str(n4_model), direction="t1-to-t2", device="cpu", temp_root=str(tmp_path / "work"))
+    with pytest.raises(ValueError, match="bias field"):
+        ConversionOptions(bias_field="keep", **options).validate()
+    worker = worker_for(ConversionOptions(**options))
+    try:
+        for runner in (None, worker):
+            for choice in ("remove", "restore"):
+                out = run_conversion_on_node(scene, node, ConversionOptions(bias_field=choice, **options),
+                                             timeout=120, worker=runner)
+                # N4's multithreaded fit may sum in another order from one process to the next
+                np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), want[choice], rtol=1e-4,
+                                           atol=1e-2)
+    finally:
+        worker.stop()

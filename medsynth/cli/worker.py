@@ -8,9 +8,10 @@ worker pays them once and then translates one job after another, with the same p
 Protocol, one line per message:
 
 - stdin: one JSON object per job, ``{"input": PATH, "output": PATH, "model": PATH|null, "direction": ...,
-  "axis": ..., "fuse": ..., "dtype": ..., "batch_size": N|null, "calibration": true|false}`` (only ``input``
-  and ``output`` are required; ``calibration: false`` skips a calibrated model's output curve); end of input ends
-  the worker.
+  "axis": ..., "fuse": ..., "dtype": ..., "batch_size": N|null, "calibration": true|false,
+  "bias_field": "restore"|"remove"}`` (only ``input`` and ``output`` are required; ``calibration: false`` skips a
+  calibrated model's output curve, ``bias_field: "remove"`` leaves a bias-corrected model's translation without the
+  input's field); end of input ends the worker.
 - stdout: ``READY`` once the models can be loaded, then per job ``ESTIMATE <seconds> <input>``,
   ``PROGRESS <percent>`` lines, ``TIMING <seconds> <network seconds>`` (the job's time and the part of it
   spent in the generators) and one last line, ``DONE <output>`` or ``FAILED <one-line message>``.
@@ -35,7 +36,8 @@ from medsynth.errors import InputError, exit_on_error
 __all__ = ["JOB_FIELDS", "build_parser", "main", "run_job"]
 
 #: Keys a job line may hold; anything else is refused so a typo is not silently ignored.
-JOB_FIELDS = ("input", "output", "model", "direction", "axis", "fuse", "dtype", "batch_size", "calibration")
+JOB_FIELDS = ("input", "output", "model", "direction", "axis", "fuse", "dtype", "batch_size", "calibration",
+              "bias_field")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +94,8 @@ def _parse_job(line: str) -> dict[str, Any]:
         raise InputError("<stdin>", f"batch_size {batch!r} must be a whole number of at least 1")
     if not isinstance(job.get("calibration", True), bool):
         raise InputError("<stdin>", f"calibration {job['calibration']!r} must be true or false")
+    if job.get("bias_field", "restore") not in ("restore", "remove"):
+        raise InputError("<stdin>", f"bias_field {job['bias_field']!r} must be \"restore\" or \"remove\"")
     return job
 
 
@@ -108,7 +112,8 @@ def run_job(models: _Models, job: dict[str, Any]) -> str:
     out = translator.translate_file(job["input"], job["output"], job.get("direction"), job.get("axis", "axial"),
                                     job.get("fuse", "mean"), job.get("dtype", "float32"), overwrite=True,
                                     progress=reporter.slices, on_start=reporter.expect,
-                                    calibrate=job.get("calibration", True))
+                                    calibrate=job.get("calibration", True),
+                                    bias_field=job.get("bias_field", "restore"))
     # the split says what a job costs beyond the network (reading, statistics, writing, a model load)
     print(f"TIMING {time.perf_counter() - tic:.4g} {translator.network_seconds - network_before:.4g}", flush=True)
     return str(out)

@@ -190,6 +190,7 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             server_url=url if remote else None,
             token=self.ui.serverTokenLineEdit.text.strip() or None,
             calibration=bool(self.ui.calibrationCheckBox.checked),
+            bias_field="restore" if self.ui.biasFieldCheckBox.checked else "remove",
         )
 
     # -- reacting to the panel ----------------------------------------------------------------------

@@ -64,6 +64,8 @@ class ConversionOptions:
             passes Slicer's start-up environment, since ``PythonSlicer`` sets up its own paths).
         calibration: apply the model's output calibration curve (``medsynth-calibrate``) if it carries one;
             False: the network's output as it is.
+        bias_field: for a model trained on bias-corrected volumes, ``restore`` puts the input's bias field back on
+            the translation, ``remove`` leaves it flat; other models ignore it.
     """
 
     model: str | None = None
@@ -78,6 +80,7 @@ class ConversionOptions:
     temp_root: str | None = None
     environment: Mapping[str, str] | None = None
     calibration: bool = True
+    bias_field: str = "restore"
 
     def validate(self) -> None:
         """Raise ValueError for an option medsynth would reject anyway, before any file is written."""
@@ -87,6 +90,8 @@ class ConversionOptions:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.file_format not in FILE_FORMATS:
             raise ValueError(f"file format must be one of {', '.join(FILE_FORMATS)}, got {self.file_format!r}")
+        if self.bias_field not in ("restore", "remove"):
+            raise ValueError(f"bias field must be restore or remove, got {self.bias_field!r}")
         target_domain(self.direction)  # raises for a malformed direction
 
 
@@ -251,6 +256,7 @@ class RemoteRunner:
                 axis=self.options.axis,
                 token=self.options.token,
                 calibration=self.options.calibration,
+                bias_field=self.options.bias_field,
             )
         except Exception as exc:  # shown to the person as one line, whatever went wrong
             self._error = str(exc) or type(exc).__name__
@@ -368,6 +374,8 @@ class ConversionJob:
                 if not self.options.calibration:
                     # only when off: the job stays one that a worker from before the switch takes
                     job["calibration"] = False
+                if self.options.bias_field != "restore":
+                    job["bias_field"] = self.options.bias_field
                 self.runner = WorkerRunner(self.worker, job, self.on_progress, self.on_line, self.on_estimate)
             else:
                 command = build_command(
@@ -380,6 +388,7 @@ class ConversionJob:
                     device=self.options.device,
                     batch_size=self.options.batch_size,
                     calibration=self.options.calibration,
+                    bias_field=self.options.bias_field,
                 )
                 self.runner = ProcessRunner(
                     command,

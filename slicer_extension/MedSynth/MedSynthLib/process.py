@@ -37,6 +37,7 @@ def build_command(
     device: str = "auto",
     batch_size: int | None = None,
     calibration: bool = True,
+    bias_field: str = "restore",
 ) -> list[str]:
     """Command line that converts one file with medsynth, printing progress one line at a time.
 
@@ -50,6 +51,8 @@ def build_command(
         device: ``auto``, ``cuda`` or ``cpu``.
         batch_size: slices per forward pass; None keeps medsynth's default.
         calibration: False adds ``--no-calibration`` (the network's output without a calibrated model's curve).
+        bias_field: ``remove`` adds ``--bias-field remove`` (a bias-corrected model's translation without the
+            input's field put back).
 
     Returns:
         The argument list for :class:`subprocess.Popen` (no shell).
@@ -74,6 +77,10 @@ def build_command(
         command += ["--batch-size", str(int(batch_size))]
     if not calibration:
         command.append("--no-calibration")
+    if bias_field not in ("restore", "remove"):
+        raise ValueError(f"bias_field must be restore or remove, got {bias_field!r}")
+    if bias_field != "restore":
+        command += ["--bias-field", bias_field]
     command += ["--progress", "lines", "--overwrite"]
     return command
 
