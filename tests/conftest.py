@@ -11,6 +11,23 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not a package; while it loads, ``scripts/`` is importable,
+    as the studies import ``study_cpu`` beside them)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return module
 
 # one thread: two threads fighting over two shared cores (or a test's subprocesses) run 10x slower, and
 # subprocesses inherit the variable

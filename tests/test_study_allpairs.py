@@ -3,25 +3,18 @@ read off the models' scores, and its report."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import load_script
+
 
 
 @pytest.fixture(scope="module")
 def ap():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports study_cpu and study_finetune beside it
-    try:
-        spec = importlib.util.spec_from_file_location("study_allpairs", SCRIPTS / "study_allpairs.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    module = load_script("study_allpairs")
     return module
 
 

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from conftest import load_script
+
 
 
 @pytest.fixture(scope="module")
 def em():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports study_cpu beside it
-    try:
-        spec = importlib.util.spec_from_file_location("study_error_map", SCRIPTS / "study_error_map.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    module = load_script("study_error_map")
     return module
 
 
