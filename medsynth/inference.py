@@ -100,11 +100,9 @@ class Translator:
                  precision: str = "auto", threads: int | None = None, crop: bool = True,
                  calibration: dict[str, Any] | None = None, calibrate: bool = True,
                  bias_field: str = "restore") -> None:
-        from medsynth.bias import BIAS_OUTPUTS
         from medsynth.curves import parse_curves
 
-        if bias_field not in BIAS_OUTPUTS:
-            raise InputError(bias_field, f"unknown bias-field handling: use {' or '.join(BIAS_OUTPUTS)}")
+        bias_field = self._bias_output(bias_field or "restore")
 
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         if self.device.type == "cpu":
@@ -272,7 +270,11 @@ class Translator:
         return out.float()
 
     def _bias_output(self, bias_field: str | None) -> str:
-        """``bias_field`` checked (``None``: the translator's own)."""
+        """``bias_field`` checked (``None``: the translator's own).
+
+        Raises:
+            InputError: neither ``restore`` nor ``remove``.
+        """
         from medsynth.bias import BIAS_OUTPUTS
 
         if bias_field is None:
