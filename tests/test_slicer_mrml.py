@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -319,6 +320,22 @@ def test_remote_server_nifti_round_trip_matches_medsynth_convert(scene_and_node,
     assert list((tmp_path / "work").iterdir()) == []
 
 
+def check_child_and_worker(scene, node, options: dict[str, Any], choices: dict[str, dict[str, Any]],
+                           want: dict[str, np.ndarray], rtol: float, atol: float) -> None:
+    """Each of ``choices`` (name -> ConversionOptions fields beside ``options``), converted in a child process and
+    then in one worker, gives the voxels ``want[name]``."""
+    worker = worker_for(ConversionOptions(**options))
+    try:
+        for runner in (None, worker):
+            for name, fields in choices.items():
+                out = run_conversion_on_node(scene, node, ConversionOptions(**fields, **options), timeout=120,
+                                             worker=runner)
+                np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), want[name], rtol=rtol,
+                                           atol=atol)
+    finally:
+        worker.stop()
+
+
 def test_the_calibration_switch_reaches_the_child_and_the_worker(scene_and_node, identity_model: Path, make_volume,
                                                                  tmp_path: Path) -> None:
     """A calibrated model: with the box ticked (the default) the curve is applied, unticked the network's output
@@ -336,16 +353,8 @@ def test_the_calibration_switch_reaches_the_child_and_the_worker(scene_and_node,
         want[name] = reference_translation(node, folder, model, ".nrrd", direction="t1-to-t2")[0]
     assert np.abs(want["on"] - want["off"]).max() > 1.0  # the curve shows, so the cases can be told apart
     options = dict(model=str(calibrated), direction="t1-to-t2", device="cpu", temp_root=str(tmp_path / "work"))
-    worker = worker_for(ConversionOptions(**options))
-    try:
-        for runner in (None, worker):
-            for name, calibration in (("off", False), ("on", True)):
-                out = run_conversion_on_node(scene, node, ConversionOptions(calibration=calibration, **options),
-                                             timeout=120, worker=runner)
-                np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), want[name], rtol=1e-5,
-                                           atol=1e-4)
-    finally:
-        worker.stop()
+    check_child_and_worker(scene, node, options, {"off": {"calibration": False}, "on": {"calibration": True}}, want,
+                           rtol=1e-5, atol=1e-4)
 
 
 def test_the_bias_field_switch_reaches_the_child_and_the_worker(scene_and_node, n4_model: Path,
@@ -363,14 +372,6 @@ def test_the_bias_field_switch_reaches_the_child_and_the_worker(scene_and_node, 
     options = dict(model=str(n4_model), direction="t1-to-t2", device="cpu", temp_root=str(tmp_path / "work"))
     with pytest.raises(ValueError, match="bias field"):
         ConversionOptions(bias_field="keep", **options).validate()
-    worker = worker_for(ConversionOptions(**options))
-    try:
-        for runner in (None, worker):
-            for choice in ("remove", "restore"):
-                out = run_conversion_on_node(scene, node, ConversionOptions(bias_field=choice, **options),
-                                             timeout=120, worker=runner)
-                # N4's multithreaded fit may sum in another order from one process to the next
-                np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), want[choice], rtol=1e-4,
-                                           atol=1e-2)
-    finally:
-        worker.stop()
+    # N4's multithreaded fit may sum in another order from one process to the next
+    check_child_and_worker(scene, node, options, {c: {"bias_field": c} for c in ("remove", "restore")}, want,
+                           rtol=1e-4, atol=1e-2)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from medsynth.bias import BIAS_OUTPUTS
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibration", dest="calibration", action="store_false",
                    help="skip the model's output calibration curve (medsynth-calibrate), if it carries one: the "
                         "network's output as it is")
-    p.add_argument("--bias-field", choices=("restore", "remove"), default="restore",
+    p.add_argument("--bias-field", choices=BIAS_OUTPUTS, default="restore",
                    help="with a model trained on bias-corrected volumes (medsynth-train --bias-correction n4): the "
                         "input is corrected before translation, and restore (default) puts its field back onto the "
                         "result, as a real image of the same session has it; remove leaves the result without it")

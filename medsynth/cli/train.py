@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from medsynth.bias import BIAS_CORRECTIONS
 from medsynth.config import (GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, TRAIN_AXES, ModelConfig,
                              TrainConfig, recipe_values)
 from medsynth.cli.formatter import HelpFormatter
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--enhance", default="",
                    help=f"enhancement steps applied to the inputs, e.g. clahe,denoise; of {', '.join(STEPS)} "
                         "(default: none)")
-    g.add_argument("--bias-correction", choices=("none", "n4"), default=d.bias_correction,
+    g.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default=d.bias_correction,
                    help="n4: divide every volume by its N4 bias field before training, and (the model records it) "
                         "every input before conversion (default: none; 2D images are never corrected)")
     g.add_argument("--paired", action="store_true",

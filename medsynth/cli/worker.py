@@ -29,6 +29,7 @@ import time
 import traceback
 from typing import Any, Sequence
 
+from medsynth.bias import BIAS_OUTPUTS
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
@@ -94,8 +95,9 @@ def _parse_job(line: str) -> dict[str, Any]:
         raise InputError("<stdin>", f"batch_size {batch!r} must be a whole number of at least 1")
     if not isinstance(job.get("calibration", True), bool):
         raise InputError("<stdin>", f"calibration {job['calibration']!r} must be true or false")
-    if job.get("bias_field", "restore") not in ("restore", "remove"):
-        raise InputError("<stdin>", f"bias_field {job['bias_field']!r} must be \"restore\" or \"remove\"")
+    if job.get("bias_field", "restore") not in BIAS_OUTPUTS:
+        choices = " or ".join(json.dumps(b) for b in BIAS_OUTPUTS)
+        raise InputError("<stdin>", f"bias_field {job['bias_field']!r} must be {choices}")
     return job
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from MedSynthLib.geometry import matrix_to_numpy
 from MedSynthLib.process import (
     AXES,
+    BIAS_FIELDS,
     DEVICES,
     LineCallback,
     ProcessRunner,
@@ -90,8 +91,8 @@ class ConversionOptions:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.file_format not in FILE_FORMATS:
             raise ValueError(f"file format must be one of {', '.join(FILE_FORMATS)}, got {self.file_format!r}")
-        if self.bias_field not in ("restore", "remove"):
-            raise ValueError(f"bias field must be restore or remove, got {self.bias_field!r}")
+        if self.bias_field not in BIAS_FIELDS:
+            raise ValueError(f"bias field must be one of {', '.join(BIAS_FIELDS)}, got {self.bias_field!r}")
         target_domain(self.direction)  # raises for a malformed direction
 
 

@@ -20,6 +20,8 @@ from typing import Callable, Mapping, Sequence
 
 AXES = ("axial", "coronal", "sagittal", "all")
 DEVICES = ("auto", "cuda", "cpu")
+#: what ``medsynth-convert --bias-field`` takes (a bias-corrected model: the input's field put back or not)
+BIAS_FIELDS = ("restore", "remove")
 #: Names people see in the device menu -> values the medsynth command line takes.
 DEVICE_CHOICES = {"auto": "auto", "GPU": "cuda", "CPU": "cpu"}
 
@@ -77,8 +79,8 @@ def build_command(
         command += ["--batch-size", str(int(batch_size))]
     if not calibration:
         command.append("--no-calibration")
-    if bias_field not in ("restore", "remove"):
-        raise ValueError(f"bias_field must be restore or remove, got {bias_field!r}")
+    if bias_field not in BIAS_FIELDS:
+        raise ValueError(f"bias_field must be one of {', '.join(BIAS_FIELDS)}, got {bias_field!r}")
     if bias_field != "restore":
         command += ["--bias-field", bias_field]
     command += ["--progress", "lines", "--overwrite"]
