@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.bias import BIAS_CORRECTIONS
+from medsynth.bias import BIAS_CORRECTIONS, describe_bias_correction
 from medsynth.config import AXES, LESION_SITES, TRAIN_AXES, TrainConfig, describe_axes
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
@@ -1028,7 +1028,7 @@ class Plan:
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
                 f"{smoothed}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
-                f"{describe_axes(c.axis)} slices{' of N4-corrected volumes' if c.bias_correction == 'n4' else ''}, "
+                f"{describe_axes(c.axis)} slices{describe_bias_correction(c.bias_correction, ' of N4-corrected volumes')}, "
                 f"{' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")
 

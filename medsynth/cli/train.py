@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none)")
     g.add_argument("--bias-correction", choices=BIAS_CORRECTIONS, default=d.bias_correction,
                    help="n4: divide every volume by its N4 bias field before training, and (the model records it) "
-                        "every input before conversion (default: none; 2D images are never corrected)")
+                        "every input before conversion; n4-peak: the same with the field fitted on the voxels of "
+                        "the histogram's main peak only, so that a large lesion stays out of it (default: none; 2D "
+                        "images are never corrected)")
     g.add_argument("--paired", action="store_true",
                    help="the two sets are registered pairs, matched by case name (same shape and affine): both "
                         "images of a pair get the same slice and augmentation, and --lambda-paired x L1 joins the "
