@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsynth.bias import bias_field, correct_bias, ras_spacing
+from medsynth.bias import bias_field, correct_bias, describe_bias_correction, estimate_field, peak_mask, ras_spacing
 from medsynth.errors import InputError
 
 
@@ -51,6 +51,45 @@ def test_n4_takes_out_a_smooth_field_and_leaves_a_flat_volume_alone() -> None:
         correct_bias(biased, (1, 1, 1), "n3")
 
 
+def test_n4_peak_leaves_a_graded_lesion_mostly_out_of_the_field() -> None:
+    """A graded bright lesion (an oedema fading into white matter) looks to N4 like part of the field; fitted on the
+    histogram's main peak only, the field under it stays much nearer flat, and away from it both fields agree."""
+    shape = (48, 48, 32)
+    rng = np.random.default_rng(0)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.8
+    # white matter (200, the majority) with thin sheets of a darker tissue (100)
+    level = np.where(np.arange(shape[0])[:, None, None] % 12 < 3, 100.0, 200.0) * np.ones(shape)
+    r2 = (grids[0] - 0.3) ** 2 + (grids[1] - 0.2) ** 2 + grids[2] ** 2
+    bump = np.exp(-r2 / (2 * 0.2**2))
+    lesion, far = bump > 0.3, r2 > 4 * 0.2**2
+    volume = np.where(inside, level * (1 + bump) * (1 + 0.01 * rng.standard_normal(shape)), 0).astype(np.float32)
+    band = peak_mask(volume)
+    assert not (band & lesion).any() and not (band & ~inside).any()
+    assert (band & inside & (level == 200) & far).sum() > 0.9 * (inside & (level == 200) & far).sum()
+    assert not (band & (level == 100) & far).any()
+    spacing = (2.0, 2.0, 3.0)
+    fields = {m: estimate_field(volume, spacing, m) for m in ("n4", "n4-peak")}
+    under = {m: float(np.median(f[lesion]) / np.median(f[inside & far])) for m, f in fields.items()}
+    assert under["n4"] > 1.3, under  # the lesion is 1.3-2x its surroundings: N4 takes most of it into the field
+    assert under["n4-peak"] < 1.2 and under["n4"] - under["n4-peak"] > 0.15, under
+    # no lesion and no field: nothing to correct
+    plain = np.where(inside, level * (1 + 0.01 * rng.standard_normal(shape)), 0).astype(np.float32)
+    flat = estimate_field(plain, spacing, "n4-peak")
+    assert np.abs(flat[inside] / np.median(flat[inside]) - 1).max() < 0.05
+    # too few voxels for a histogram: the whole foreground
+    tiny = np.zeros((4, 4, 4), np.float32)
+    tiny[1:3, 1:3, 1:3] = 5
+    np.testing.assert_array_equal(peak_mask(tiny), tiny > 0)
+
+
+def test_the_plan_line_and_the_bundle_say_which_field() -> None:
+    assert describe_bias_correction("none", "divided by its N4 bias field, ") == ""
+    assert describe_bias_correction("n4", "divided by its N4 bias field, ") == "divided by its N4 bias field, "
+    assert (describe_bias_correction("n4-peak", "divided by its N4 bias field, ")
+            == "divided by its N4 bias field (fitted on the histogram's main peak), ")
+
+
 def test_ras_spacing_follows_the_reorientation() -> None:
     from medsynth.inference import to_ras
 
@@ -61,9 +100,10 @@ def test_ras_spacing_follows_the_reorientation() -> None:
     assert ras.shape == (6, 4, 5)
 
 
-def test_a_model_trained_with_n4_corrects_its_input_at_conversion(tiny_model: Path) -> None:
-    """Conversion with a model that records ``bias_correction: n4`` gives the voxels its networks give on the input
-    corrected beforehand; the same networks without it give others."""
+@pytest.mark.parametrize("method", ["n4", "n4-peak"])
+def test_a_model_trained_with_n4_corrects_its_input_at_conversion(tiny_model: Path, method: str) -> None:
+    """Conversion with a model that records ``bias_correction: n4`` (or ``n4-peak``) gives the voxels its networks
+    give on the input corrected beforehand; the same networks without it give others."""
     from medsynth.inference import Translator
 
     clean, inside = _tissues((40, 44, 24))
@@ -73,15 +113,15 @@ def test_a_model_trained_with_n4_corrects_its_input_at_conversion(tiny_model: Pa
     plain = Translator.from_file(tiny_model, device="cpu")
     n4, removed = (Translator.from_file(tiny_model, device="cpu", bias_field=b) for b in ("restore", "remove"))
     for t in (n4, removed):
-        t.config = dataclasses.replace(t.config, bias_correction="n4")
-    assert n4.info()["bias_correction"] == "n4" and plain.info()["bias_correction"] == "none"
+        t.config = dataclasses.replace(t.config, bias_correction=method)
+    assert n4.info()["bias_correction"] == method and plain.info()["bias_correction"] == "none"
     assert (n4.info()["bias_field"], removed.info()["bias_field"]) == ("restore", "remove")
     out = removed.translate_array(biased, affine)
-    expected = plain.translate_array(correct_bias(biased, (1.2, 1.2, 2.0)), affine)
+    expected = plain.translate_array(correct_bias(biased, (1.2, 1.2, 2.0), method), affine)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
     assert np.abs(out - plain.translate_array(biased, affine))[inside].mean() > 1.0
     # restore: the same translation times the input's field (scaled to median 1 over the foreground)
-    field = bias_field(biased, (1.2, 1.2, 2.0))
+    field = estimate_field(biased, (1.2, 1.2, 2.0), method)
     restored = n4.translate_array(biased, affine)
     scaled = field / np.median(field[inside])
     np.testing.assert_allclose(restored[inside], out[inside] * scaled[inside], rtol=2e-3, atol=1e-2)
