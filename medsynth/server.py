@@ -52,6 +52,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
+from medsynth.bias import BIAS_OUTPUTS
 from medsynth.client import ARCHIVE_SUFFIX, SUFFIXES, UPLOAD_SUFFIXES, match_suffix, safe_stem
 from medsynth.errors import InputError
 from medsynth.inference import Translator
@@ -857,9 +858,11 @@ def create_app(
             None, alias="format", description="answer's file format; default: the upload's (nii.gz for a zip)"),
         calibration: bool = Query(True, description="apply the model's output calibration curve (medsynth-calibrate),"
                                                     " if it carries one; false: the network's output as it is"),
-        bias_field: Literal["restore", "remove"] = Query(
-            "restore", description="for a model trained on bias-corrected volumes (--bias-correction n4): put the "
-                                   "input's bias field back on the translation (restore) or not (remove)"),
+        # Literal of a tuple is the Literal of its items: FastAPI checks the request against medsynth.bias's list
+        bias_field: Literal[BIAS_OUTPUTS] = Query(  # type: ignore[valid-type]
+            "restore", description="for a model trained on bias-corrected volumes (--bias-correction n4 or "
+                                   "n4-peak): put the input's bias field back on the translation (restore) or not "
+                                   "(remove)"),
     ) -> Any:
         """Translate the volume in the form field ``file`` (a volume file, or a zip of one DICOM series); answers
         it with the same geometry, in the upload's format unless ``format`` names another."""

@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the model's output calibration curve (medsynth-calibrate), if it carries one: the "
                         "network's output as it is")
     p.add_argument("--bias-field", choices=BIAS_OUTPUTS, default="restore",
-                   help="with a model trained on bias-corrected volumes (medsynth-train --bias-correction n4): the "
-                        "input is corrected before translation, and restore (default) puts its field back onto the "
-                        "result, as a real image of the same session has it; remove leaves the result without it")
+                   help="with a model trained on bias-corrected volumes (medsynth-train --bias-correction n4 or "
+                        "n4-peak): the input is corrected before translation, and restore (default) puts its field "
+                        "back onto the result, as a real image of the same session has it; remove leaves the result "
+                        "without it")
     p.add_argument("--dtype", choices=("float32", "input"), default="float32",
                    help="output voxel type: float32, or the input's own (rounded and clipped)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
