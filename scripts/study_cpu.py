@@ -203,6 +203,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # field over the whole brain took 2-2.5 dB off the lesions)
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_n4peak": _packaged(bias_correction="n4-peak"),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_n4peak_seed1": _packaged(seed=1, bias_correction="n4-peak"),
+    # the packaged recipe with MONAI's U-Net (ngf 16: 16-32-64-128-128 filters, four stride-2 levels) as the
+    # correction network instead of the ResNet-6 (two): its receptive field spans a whole 128 px crop, so a 5 cm
+    # lesion can be lifted as one; about as many weights, and most of its work at 1/2 resolution and below
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet": _packaged(
+        model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet_seed1": _packaged(
+        seed=1, model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
     # the packaged recipe without the template pair: study_allpairs.py trains it on one, two and three patients and
     # scores every model on the template pair, the one registered head none of them saw
     "ssim30_gate10_augbase_lesions_smooth07_2052_notemplate": _packaged(extra_pairs=[]),
