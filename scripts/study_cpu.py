@@ -410,7 +410,7 @@ PACKAGED = ("ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052", "BraTS-GLI-0
 REGIONS = ("brain", "oedema", "core", "lesion")
 
 
-def lesion_scores(model: Path, held_out: Path, cache: Path | None = None) -> dict[str, Any]:
+def lesion_scores(model: Path, held_out: Path, cache: Path | None = None, axis: str = "axial") -> dict[str, Any]:
     """A model on its held-out patient, whole brain and inside each lesion label, against the fair and oracle
     baselines: ``{direction: {"model"|"fair"|"oracle": {region: {psnr, ssim, mae, voxels}}}}`` (regions: brain,
     oedema = label 1, core = label 2, lesion = both; images normalised over the brain, see
@@ -429,8 +429,8 @@ def lesion_scores(model: Path, held_out: Path, cache: Path | None = None) -> dic
     regions = {"brain": mask, "oedema": labels == 1, "core": labels == 2, "lesion": labels > 0}
     out: dict[str, Any] = {"model": str(model)}
     for direction, (src, ref) in zip(translator.directions, ((t1, t2), (t2, t1))):
-        images = {"model": translator.translate(src, direction=direction, axis="axial").array,
-                  "fair": fair.translate(src, direction=direction, axis="axial").array,
+        images = {"model": translator.translate(src, direction=direction, axis=axis).array,
+                  "fair": fair.translate(src, direction=direction, axis=axis).array,
                   "oracle": baseline_translate(src.array, ref.array, mask)}
         out[direction] = {k: region_metrics(v, ref.array, mask, regions) for k, v in images.items()}
     if cache is not None:
@@ -457,10 +457,12 @@ def fold_means(folds: list[dict[str, Any]], regions: tuple[str, ...] = REGIONS) 
     return means
 
 
-def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False) -> dict[str, Any]:
+def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False, axis: str = "axial") -> dict[str, Any]:
     """:func:`lesion_scores` of every finished fold of ``recipes`` in ``root`` (the packaged model standing in for
     its own fold, :data:`PACKAGED`), and per recipe the means over folds; ``packaged_seen``: also the packaged
-    model on all three patients (:data:`SEEN`: not a leave-one-out figure, two of them trained it)."""
+    model on all three patients (:data:`SEEN`: not a leave-one-out figure, two of them trained it); ``axis``: the
+    conversion's (``all``: fused, cached apart from the axial scores)."""
+    suffix = "" if axis == "axial" else f"_{axis}"
     from medsynth.inference import default_model_path
 
     result: dict[str, Any] = {"recipes": {}}
@@ -469,17 +471,19 @@ def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False) ->
         for case in cases():
             run = root / recipe / case.name
             if recipe == SEEN:
-                model, cache = default_model_path(), root / PACKAGED[0] / f"packaged_{case.name}_lesion_scores.json"
+                model = default_model_path()
+                cache = root / PACKAGED[0] / f"packaged_{case.name}_lesion_scores{suffix}.json"
                 cache.parent.mkdir(parents=True, exist_ok=True)
             elif (run / "model.pt").exists():
-                model, cache = run / "model.pt", run / "lesion_scores.json"
+                model, cache = run / "model.pt", run / f"lesion_scores{suffix}.json"
             elif (recipe, case.name) == PACKAGED:
-                model, cache = default_model_path(), root / recipe / f"packaged_{case.name}_lesion_scores.json"
+                model = default_model_path()
+                cache = root / recipe / f"packaged_{case.name}_lesion_scores{suffix}.json"
                 cache.parent.mkdir(parents=True, exist_ok=True)
             else:
                 continue
             print(f"[{recipe} / {case.name}] scoring {model}", flush=True)
-            folds[case.name] = lesion_scores(model, case, cache)
+            folds[case.name] = lesion_scores(model, case, cache, axis)
             config = run / "config.json"
             folds[case.name]["train_minutes"] = (json.loads((run / "metrics.json").read_text())[-1]["train_minutes"]
                                                  if (run / "metrics.json").exists() else None)
@@ -739,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", default=None,
                    help="train only these comma-separated held-out cases (default: every fold)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per training (default: every core)")
+    p.add_argument("--convert-axis", choices=("axial", "all"), default="axial",
+                   help="with --lesion: score the conversion along this axis (all: the three fused)")
     p.add_argument("--lesion", action="store_true",
                    help="score every finished fold (and the packaged model on its held-out patient) inside the lesion "
                         "masks of scripts/study_data/lesion_masks: writes --name (default study_lesion) .md/.json")
@@ -757,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lesion and args.report_only:
         only = args.only.split(",") if args.only else [r for r in args.recipes.split(",") if r]
         name = "study_lesion" if args.name == "study_cpu" else args.name
-        lesion_report(lesion_study(args.out, only, args.packaged_seen), args.results, name, intro)
+        lesion_report(lesion_study(args.out, only, args.packaged_seen, args.convert_axis), args.results, name, intro)
         return 0
     if not args.report_only:
         for recipe in [r for r in args.recipes.split(",") if r]:
