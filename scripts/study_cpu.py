@@ -210,6 +210,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet_seed1": _packaged(
         seed=1, model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
+    # the packaged recipe with synthetic lesions in every training pair (--lesion-augment 1.0) instead of half: the
+    # oedema still comes out too dark on the means (bias -0.075 T1 -> T2), so more of the T1-grey/T2-bright relation
+    "ssim30_gate10_augbase_lesions10_smooth07_mnislab5_2052": _packaged(lesion_augment=1.0),
+    "ssim30_gate10_augbase_lesions10_smooth07_mnislab5_2052_seed1": _packaged(seed=1, lesion_augment=1.0),
     # the packaged recipe without the template pair: study_allpairs.py trains it on one, two and three patients and
     # scores every model on the template pair, the one registered head none of them saw
     "ssim30_gate10_augbase_lesions_smooth07_2052_notemplate": _packaged(extra_pairs=[]),
