@@ -1028,7 +1028,8 @@ class Plan:
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
                 f"{smoothed}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
-                f"{describe_axes(c.axis)} slices{describe_bias_correction(c.bias_correction, ' of N4-corrected volumes')}, "
+                f"{describe_axes(c.axis)} slices"
+                f"{describe_bias_correction(c.bias_correction, ' of N4-corrected volumes')}, "
                 f"{' + '.join(objective)}; on {describe(self.device, self.autocast)}, "
                 f"{self.workers} data worker{'s' if self.workers != 1 else ''}{validation}")
 

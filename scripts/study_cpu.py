@@ -204,8 +204,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_n4peak": _packaged(bias_correction="n4-peak"),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_n4peak_seed1": _packaged(seed=1, bias_correction="n4-peak"),
     # the packaged recipe with MONAI's U-Net (ngf 16: 16-32-64-128-128 filters, four stride-2 levels) as the
-    # correction network instead of the ResNet-6 (two): its receptive field spans a whole 128 px crop, so a 5 cm
-    # lesion can be lifted as one; about as many weights, and most of its work at 1/2 resolution and below
+    # correction network instead of the ResNet-6 (two). Written for a wider view of a lesion, which it does not have:
+    # 63 px of receptive field against the ResNet-6's 121 (study_unet.md); about as many weights
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet": _packaged(
         model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet_seed1": _packaged(
@@ -748,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train only these comma-separated held-out cases (default: every fold)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per training (default: every core)")
     p.add_argument("--convert-axis", choices=("axial", "all"), default="axial",
-                   help="with --lesion: score the conversion along this axis (all: the three fused)")
+                   help="with --lesion --report-only: score the conversion along this axis (all: the three fused)")
     p.add_argument("--lesion", action="store_true",
                    help="score every finished fold (and the packaged model on its held-out patient) inside the lesion "
                         "masks of scripts/study_data/lesion_masks: writes --name (default study_lesion) .md/.json")
