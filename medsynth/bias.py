@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["BIAS_CORRECTIONS", "BIAS_OUTPUTS", "N4_ITERATIONS", "PEAK_MIN_SHARE", "PEAK_WIDTH", "bias_field", "correct_bias",
-           "describe_bias_correction", "estimate_field", "peak_mask", "ras_spacing", "restore_field"]
+__all__ = ["BIAS_CORRECTIONS", "BIAS_OUTPUTS", "N4_ITERATIONS", "PEAK_MIN_SHARE", "PEAK_WIDTH", "bias_field",
+           "correct_bias", "describe_bias_correction", "estimate_field", "peak_mask", "ras_spacing", "restore_field"]
 
 #: the values of ``TrainConfig.bias_correction``
 BIAS_CORRECTIONS: tuple[str, ...] = ("none", "n4", "n4-peak")
@@ -118,8 +118,9 @@ def peak_mask(volume: np.ndarray, foreground: np.ndarray | None = None, width: f
 
     Returns:
         A boolean mask of the volume's shape. The whole foreground (``n4``'s fit) where the band means nothing: too
-        few voxels for a histogram, a peak at or below zero (intensities that are not an MR magnitude), or a band
-        that holds less than :data:`PEAK_MIN_SHARE` of the foreground.
+        few voxels for a histogram, no positive intensities, or a band that holds less than :data:`PEAK_MIN_SHARE`
+        of the foreground (intensities centred on zero, which are not an MR magnitude, give a peak near zero and a
+        band of almost nothing).
     """
     from medsynth.intensity import foreground_threshold
 
@@ -132,7 +133,7 @@ def peak_mask(volume: np.ndarray, foreground: np.ndarray | None = None, width: f
     counts, edges = np.histogram(values, bins=256, range=(0.0, top))
     peak = float(edges[int(np.argmax(_smooth_counts(counts, 3.0)))] + 0.5 * (edges[1] - edges[0]))
     band = fg & (x >= peak / (1 + width)) & (x <= peak * (1 + width))
-    if peak <= 0 or band.sum() < PEAK_MIN_SHARE * values.size:
+    if band.sum() < PEAK_MIN_SHARE * values.size:
         return fg
     return band
 

@@ -46,9 +46,10 @@ def _ssim30(model: dict[str, Any] | None = None, **changes: Any) -> dict[str, An
 
 def _packaged(**changes: Any) -> dict[str, Any]:
     """The packaged recipe (the seventh pass's ``..._mnislab5_2052``) with ``changes`` (``steps=4104``, ``seed=1``,
-    a new option...): every variant of it says only what it changes."""
+    a new option...): every variant of it says only what it changes (``model``: changes of its networks)."""
+    model = {"gate_scale": 10.0, "base_smooth": 0.7} | changes.pop("model", {})
     return _ssim30(**({"steps": 2052, "augment_base": True, "lesion_augment": 0.5, "extra_pairs": ["mni152_slab5"],
-                       "model": {"gate_scale": 10.0, "base_smooth": 0.7}} | changes))
+                       "model": model} | changes))
 
 #: recipe -> TrainConfig overrides (``model`` merged into BASE's); ``steps_per_minute`` is planned from a
 #: measurement of the step on this machine so that each fold gets about ``--minutes`` of training
@@ -206,10 +207,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the packaged recipe with MONAI's U-Net (ngf 16: 16-32-64-128-128 filters, four stride-2 levels) as the
     # correction network instead of the ResNet-6 (two). Written for a wider view of a lesion, which it does not have:
     # 63 px of receptive field against the ResNet-6's 121 (study_unet.md); about as many weights
-    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet": _packaged(
-        model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
-    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet_seed1": _packaged(
-        seed=1, model={"gate_scale": 10.0, "base_smooth": 0.7, "generator": "unet"}),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet": _packaged(model={"generator": "unet"}),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_unet_seed1": _packaged(seed=1, model={"generator": "unet"}),
     # the packaged recipe with synthetic lesions in every training pair (--lesion-augment 1.0) instead of half: the
     # oedema still comes out too dark on the means (bias -0.075 T1 -> T2), so more of the T1-grey/T2-bright relation
     "ssim30_gate10_augbase_lesions10_smooth07_mnislab5_2052": _packaged(lesion_augment=1.0),
