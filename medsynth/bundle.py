@@ -25,6 +25,7 @@ from typing import Any
 
 from medsynth.errors import InputError
 from medsynth.files import create_folder
+from medsynth.fusion import DEFAULT_FUSION
 
 __all__ = ["REQUIRED_METADATA", "SCHEMA_URL", "bundle_root", "export_bundle", "inference_config",
            "missing_metadata", "bundle_metadata"]
@@ -222,7 +223,7 @@ def inference_config(direction: str) -> dict[str, Any]:
         # that is missing ("the referring item `@input_path` is not defined in the config content")
         "direction": direction,
         "axis": "axial",
-        "fuse": "mean",
+        "fuse": DEFAULT_FUSION,
         "dtype": "float32",
         "overwrite": False,
         "device": "auto",
@@ -260,7 +261,8 @@ def readme(meta: dict[str, Any], direction: str, card: str | None) -> str:
         "```", "",
         "This gives the same voxels as `medsynth-convert IN.nii.gz OUT.nii.gz --model BUNDLE/models/model.pt"
         f" --direction {direction}`. Other entries of `configs/inference.json` can be overridden the same way: "
-        f"`--axis all` (the three axes fused), `--direction {other}` (the model holds both generators), "
+        "`--axis all` (the three axes fused; `--fuse detail` keeps the axial pass and takes only the detail "
+        f"across slices from the other two), `--direction {other}` (the model holds both generators), "
         "`--device cpu`, `--overwrite True`. The bundle finds its own folder (`bundle_root`) from the config "
         "file's path, so it can be moved; `--bundle_root PATH` overrides that.", "",
         "## Files", "",

@@ -12,6 +12,7 @@ import numpy as np
 
 from medsynth.errors import InputError
 from medsynth.files import atomic_path
+from medsynth.fusion import DEFAULT_FUSION
 from medsynth.inference import Translator
 from medsynth.pictures import thick_slice_note, to_ras, write_volume_preview
 
@@ -23,7 +24,7 @@ SAMPLE_T2 = DATA_DIR / "sample_t2.nii.gz"
 
 
 def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", model: str | Path | None = None,
-             overwrite: bool = False, progress: Any = None) -> dict[str, Any]:
+             overwrite: bool = False, progress: Any = None, fuse: str = DEFAULT_FUSION) -> dict[str, Any]:
     """Translate the packaged sample T1 into T2 and write the input, the result and a preview PNG.
 
     Args:
@@ -33,6 +34,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
         model: another ``model.pt``; None for the packaged one.
         overwrite: replace the outputs of an earlier demo.
         progress: ``progress(done, total)`` over slices, as :meth:`Translator.translate_file` takes.
+        fuse: how ``axis="all"`` combines its three passes (:mod:`medsynth.fusion`).
 
     Returns:
         Paths written (``input``, ``output``, ``preview``), the seconds the translation took, the device, and
@@ -49,8 +51,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
                 raise InputError(path, "exists; use --overwrite to replace the demo's outputs")
     translator = Translator.from_file(model, device=device)
     tic = time.perf_counter()
-    translator.translate_file(SAMPLE_T1, targets["output"], direction="t1-to-t2", axis=axis, overwrite=overwrite,
-                              progress=progress)
+    translator.translate_file(SAMPLE_T1, targets["output"], direction="t1-to-t2", axis=axis, fuse=fuse,
+                              overwrite=overwrite, progress=progress)
     seconds = time.perf_counter() - tic
     with atomic_path(targets["input"]) as tmp:
         shutil.copyfile(SAMPLE_T1, tmp)
@@ -61,7 +63,7 @@ def run_demo(out_dir: str | Path, device: str = "auto", axis: str = "axial", mod
                nib.load(targets["output"]).get_fdata(dtype=np.float32))]
     if SAMPLE_T2.exists():
         panels.append(("real T2 (for comparison)", nib.load(SAMPLE_T2).get_fdata(dtype=np.float32)))
-    notes = preview_notes(t1_array, t1.affine, axis)
+    notes = preview_notes(t1_array, t1.affine, axis, fuse)
     by = "the packaged model" if model is None else Path(model).name
     preview = write_volume_preview(targets["preview"], panels, t1.affine, notes=notes,
                                    title=f"medsynth demo: T1 -> T2 by {by}, {seconds:.1f} s on {translator.device}")
@@ -73,12 +75,13 @@ AXIS_TITLES = {"axial": "axial slices", "coronal": "coronal slices", "sagittal":
                "all": "three axes fused"}
 
 
-def preview_notes(t1: np.ndarray, affine: np.ndarray, axis: str) -> list[str]:
+def preview_notes(t1: np.ndarray, affine: np.ndarray, axis: str, fuse: str = DEFAULT_FUSION) -> list[str]:
     """Footnotes of the preview: whether the input is thick-slice (its coronal and sagittal rows then look
     striped in every column, the synthetic one included), and what ``--axis all`` did."""
     ras, spacing = to_ras(t1, affine)
     notes = [note for note in [thick_slice_note("input T1", ras, spacing)] if note]
     if axis == "all":
-        notes.append("three axes fused: the T1 translated slice by slice along axial, coronal and sagittal, "
-                     "the three results averaged")
+        how = {"mean": "the three results averaged", "median": "the median of the three results",
+               "detail": "the axial result kept, with the detail across slices from the other two"}[fuse]
+        notes.append(f"three axes fused: the T1 translated slice by slice along axial, coronal and sagittal, {how}")
     return notes

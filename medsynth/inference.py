@@ -24,6 +24,7 @@ from medsynth.devices import autocast_enabled, resolve_device, set_threads
 from medsynth.networks import (ResidualGenerator, build_generator, generator_stride, histogram_targets,
                                neighbour_indices, neighbour_offsets, residual_of)
 from medsynth.errors import InputError
+from medsynth.fusion import DEFAULT_FUSION, FUSIONS, fuse_passes
 from medsynth.io import (IMAGE2D_SUFFIXES, KIND_NAMES, VOLUME_SUFFIXES, Image, check_output, kind_of, load_image,
                          save_like, suffix_of)
 
@@ -330,7 +331,7 @@ class Translator:
                 f"translates only those")
 
     # ---- translation ---------------------------------------------------------------------------------------
-    def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = "mean",
+    def translate(self, volume: Any, direction: str | None = None, axis: str = "axial", fuse: str = DEFAULT_FUSION,
                   progress: Progress | None = None, expect: Callable[[float], None] | None = None,
                   calibrate: bool | None = None, bias_field: str | None = None) -> Any:
         """Translate one volume (or 2D image).
@@ -340,7 +341,8 @@ class Translator:
                 (1, X, Y, Z) with its affine).
             direction: e.g. ``"t1-to-t2"``; default: the model's first.
             axis: ``axial``, ``coronal``, ``sagittal`` or ``all`` (the three fused).
-            fuse: ``mean`` or ``median`` for ``axis="all"``.
+            fuse: how ``axis="all"`` combines the three passes: ``mean``, ``median`` or ``detail``
+                (:mod:`medsynth.fusion`).
             progress: called with (slices done, slices in all).
             expect: called with the expected seconds (:meth:`estimate_seconds` of the part that goes through the
                 network: the box around the foreground) before the network starts.
@@ -395,8 +397,9 @@ class Translator:
         raise TypeError(f"cannot translate a {type(volume).__name__}: give a path, nibabel image or MetaTensor")
 
     def translate_file(self, input_path: str | Path, output_path: str | Path, direction: str | None = None,
-                       axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                       progress: Progress | None = None, on_start: Callable[[Path, float], None] | None = None,
+                       axis: str = "axial", fuse: str = DEFAULT_FUSION, dtype: str | None = None,
+                       overwrite: bool = False, progress: Progress | None = None,
+                       on_start: Callable[[Path, float], None] | None = None,
                        luminance: bool = False, calibrate: bool | None = None,
                        bias_field: str | None = None) -> Path:
         """Translate a file and write the result with the input's format and geometry (atomically).
@@ -424,7 +427,7 @@ class Translator:
 
     @torch.no_grad()
     def translate_array(self, array: np.ndarray, affine: np.ndarray, direction: str | None = None,
-                        axis: str = "axial", fuse: str = "mean", progress: Progress | None = None,
+                        axis: str = "axial", fuse: str = DEFAULT_FUSION, progress: Progress | None = None,
                         source: str | Path = "<array>", expect: Callable[[float], None] | None = None,
                         calibrate: bool | None = None, bias_field: str | None = None) -> np.ndarray:
         """Core of :meth:`translate` on an (I, J, K) array and its voxel-to-RAS affine."""
@@ -434,8 +437,8 @@ class Translator:
         bias_field = self._bias_output(bias_field)
         if axis not in AXIS_CHOICES:
             raise InputError(axis, f"unknown axis: use one of {', '.join(AXIS_CHOICES)}")
-        if fuse not in ("mean", "median"):
-            raise InputError(fuse, "unknown fusion: use mean or median")
+        if fuse not in FUSIONS:
+            raise InputError(fuse, f"unknown fusion: use one of {', '.join(FUSIONS)}")
         array = np.asarray(array, dtype=np.float32)
         if array.ndim != 3:
             raise InputError(source, f"shape {array.shape}: expected a 3D volume")
@@ -467,14 +470,8 @@ class Translator:
         inner = network_input(x[index], stats, residual_of(network))
         total = sum(inner.shape[AXIS_INDEX[a] + 1] for a in axes)
         counter = _Counter(total, progress)
-        outputs = [self._infer_axis(network, inner, a, counter) for a in axes]
-        if len(outputs) == 1:
-            y = outputs[0]
-        elif fuse == "mean":
-            y = torch.stack(outputs).mean(0)
-        else:
-            y = torch.stack(outputs).median(0).values
-        del outputs, inner
+        y = fuse_passes({a: self._infer_axis(network, inner, a, counter) for a in axes}, fuse)
+        del inner
         target = IntensityStats.from_dict(self.stats[dst])
         # on a GPU the fusion and intensity mapping stay there; only the result comes back
         y = denormalise(y, target, foreground[index].to(y.device)).cpu()[0].numpy()
@@ -518,8 +515,8 @@ class Translator:
         return out.movedim(0, dim + 1)
 
     def translate_files(self, inputs: Sequence[Path], output_dir: str | Path, direction: str | None = None,
-                        axis: str = "axial", fuse: str = "mean", dtype: str | None = None, overwrite: bool = False,
-                        progress: Progress | None = None,
+                        axis: str = "axial", fuse: str = DEFAULT_FUSION, dtype: str | None = None,
+                        overwrite: bool = False, progress: Progress | None = None,
                         on_done: Callable[[Path, Path | None, str | None], None] | None = None,
                         on_start: Callable[[Path, float], None] | None = None,
                         luminance: bool = False, outputs: Sequence[Path] | None = None,

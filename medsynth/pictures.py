@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io as _stdio
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -429,8 +430,12 @@ def write_volume_preview(path: str | Path, panels: Sequence[tuple[str, np.ndarra
     heights = _row_heights(views[0], spacing)
     notes = list(notes) + ["radiological view (the patient's right on the left); each column scaled to its own "
                            "0.5-99.5 percentiles"]
-    foot = 0.2 * len(notes) + 0.1
-    fig = plt.figure(figsize=(2.6 * len(columns) + 0.3, 2.6 * sum(heights) + 0.6 + foot), facecolor="black")
+    width = 2.6 * len(columns) + 0.3
+    # a note wider than the figure is wrapped (about 0.55 em per character at 8.5 pt), not cut at its edges
+    lines = [(line, i < len(notes) - 1) for i, note in enumerate(notes)
+             for line in textwrap.wrap(note, max(40, int(width * 72 / (8.5 * 0.55))))]
+    foot = 0.2 * len(lines) + 0.1
+    fig = plt.figure(figsize=(width, 2.6 * sum(heights) + 0.6 + foot), facecolor="black")
     grid = fig.add_gridspec(len(views[0]), len(columns), height_ratios=heights)
     drawn_columns, drawn_rows = [], []
     for c, ((name, _), column) in enumerate(zip(columns, views)):
@@ -450,10 +455,10 @@ def write_volume_preview(path: str | Path, panels: Sequence[tuple[str, np.ndarra
                 ax.set_ylabel(view, color="white", fontsize=10)
                 drawn_rows.append(ax.get_ylabel())
     height = fig.get_figheight()
-    for i, note in enumerate(notes):
+    for i, (line, first) in enumerate(lines):
         # the first notes are the ones that matter: brighter, and nearer the panels
-        fig.text(0.5, (foot - 0.2 * (i + 0.5) - 0.05) / height, note, ha="center", va="center",
-                 fontsize=8.5 if i < len(notes) - 1 else 7.5, color="#ffd27f" if i < len(notes) - 1 else "0.65")
+        fig.text(0.5, (foot - 0.2 * (i + 0.5) - 0.05) / height, line, ha="center", va="center",
+                 fontsize=8.5 if first else 7.5, color="#ffd27f" if first else "0.65")
     fig.suptitle(title, color="white", fontsize=11)
     fig.tight_layout(rect=(0, foot / height, 1, 1))
     buf = _stdio.BytesIO()

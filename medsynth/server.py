@@ -55,6 +55,7 @@ import torch
 from medsynth.bias import BIAS_OUTPUTS
 from medsynth.client import ARCHIVE_SUFFIX, SUFFIXES, UPLOAD_SUFFIXES, match_suffix, safe_stem
 from medsynth.errors import InputError
+from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 from medsynth.inference import Translator
 
 try:
@@ -71,7 +72,6 @@ except ImportError:  # pragma: no cover - client-only installs
 log = logging.getLogger("medsynth.server")
 
 AXES: tuple[str, ...] = ("axial", "coronal", "sagittal", "all")
-FUSES: tuple[str, ...] = ("mean", "median")
 DTYPES: tuple[str, ...] = ("float32", "input")
 GENERIC_STEMS = frozenset({"model", "last", "best", "latest", "final"})
 MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
@@ -837,7 +837,7 @@ def create_app(
                     "domains": list(t.domains),
                     "directions": list(t.directions),
                     "axes": list(AXES),
-                    "fuse": list(FUSES),
+                    "fuse": list(FUSIONS),
                     "suffixes": list(UPLOAD_SUFFIXES),
                     "max_upload_mb": max_upload_mb,
                     "config": _config_summary(t),
@@ -852,7 +852,9 @@ def create_app(
         model: str | None = Query(None, description="model name (see /models); optional with one model"),
         direction: str | None = Query(None, description="e.g. t1-to-t2; default: the model's first direction"),
         axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
-        fuse: Literal["mean", "median"] = Query("mean", description="how axis=all combines the three"),
+        fuse: Literal[FUSIONS] = Query(  # type: ignore[valid-type]
+            DEFAULT_FUSION, description="how axis=all combines its three passes: mean, median, or detail (the "
+                                        "axial pass with the other two's detail across slices)"),
         dtype: Literal["float32", "input"] = Query("float32", description="output voxel type"),
         output_format: Literal["nii.gz", "nii", "nrrd", "mha"] | None = Query(
             None, alias="format", description="answer's file format; default: the upload's (nii.gz for a zip)"),

@@ -67,6 +67,9 @@ def test_preview_notes_say_the_sample_is_thick_slice_and_what_all_axes_means() -
     assert notes[0].endswith("along S-I): coronal and sagittal rows striped")
     assert notes[1].startswith("three axes fused: the T1 translated slice by slice along axial, coronal and sagittal")
     assert preview_notes(t1.get_fdata(dtype=np.float32), t1.affine, "axial") == notes[:1]
+    assert notes[1].endswith("the three results averaged")
+    detail = preview_notes(t1.get_fdata(dtype=np.float32), t1.affine, "all", "detail")
+    assert detail[1].endswith("the axial result kept, with the detail across slices from the other two")
 
 
 def _scores(demo_dir: Path) -> tuple[dict, dict]:

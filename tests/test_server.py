@@ -194,6 +194,7 @@ def test_health_and_models(server: tuple[str, Any], client: httpx.Client, transl
     assert entry["name"] == "tiny_model0"  # model.pt is named after its run folder
     assert entry["domains"] == ["t1", "t2"] and entry["directions"] == translator.directions
     assert set(entry["axes"]) == {"axial", "coronal", "sagittal", "all"}
+    assert entry["fuse"] == ["mean", "median", "detail"]
     assert ".nii.gz" in entry["suffixes"] and ".nrrd" in entry["suffixes"] and ".mha" in entry["suffixes"]
     assert entry["config"]["generator"] == "resnet6" and "/" not in entry["config"]["source"]
 
@@ -239,17 +240,19 @@ def test_oblique_nifti_round_trip_equals_convert(
     assert not np.array_equal(np.asarray(got.dataobj), nib.load(str(src)).get_fdata())  # it did translate
 
 
-@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
-def test_itk_round_trip(client: httpx.Client, translator: Translator, tmp_path: Path, suffix: str) -> None:
+@pytest.mark.parametrize("suffix,fuse", [(".nrrd", "mean"), (".mha", "detail")])
+def test_itk_round_trip(client: httpx.Client, translator: Translator, tmp_path: Path, suffix: str, fuse: str) -> None:
     src = write_itk(tmp_path / f"scan{suffix}", head_phantom((10, 14, 12), seed=5).transpose(2, 1, 0).copy())
-    got = sitk.ReadImage(str(save_response(post(client, src, {"axis": "all"}), tmp_path / f"answer{suffix}")))
+    params = {"axis": "all"} if fuse == "mean" else {"axis": "all", "fuse": fuse}  # mean: the server's default
+    got = sitk.ReadImage(str(save_response(post(client, src, params), tmp_path / f"answer{suffix}")))
     ref = sitk.ReadImage(str(src))
     assert got.GetSize() == ref.GetSize()
     np.testing.assert_allclose(got.GetSpacing(), ref.GetSpacing(), atol=1e-6)
     np.testing.assert_allclose(got.GetOrigin(), ref.GetOrigin(), atol=1e-6)
     np.testing.assert_allclose(got.GetDirection(), ref.GetDirection(), atol=1e-6)
-    expected = sitk.ReadImage(str(expected_output(translator, src, tmp_path / "exp", axis="all")))
+    expected = sitk.ReadImage(str(expected_output(translator, src, tmp_path / "exp", axis="all", fuse=fuse)))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(expected))
+    assert post(client, src, {"axis": "all", "fuse": "max"}).status_code == 422
 
 
 def test_answer_format_on_request(client: httpx.Client, translator: Translator, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from MedSynthLib.geometry import (  # noqa: E402
 )
 from MedSynthLib.process import (  # noqa: E402
     DEVICE_CHOICES,
+    FUSES,
     ProcessRunner,
     build_command,
     child_environment,
@@ -140,6 +141,10 @@ def test_build_command_full_and_minimal() -> None:
         "--no-calibration", "--progress", "lines", "--overwrite"]
     assert build_command("python", "in.nii", "out.nii", bias_field="remove")[-5:] == [
         "--bias-field", "remove", "--progress", "lines", "--overwrite"]
+    assert build_command("python", "in.nii", "out.nii", axis="all", fuse="detail")[6:12] == [
+        "--axis", "all", "--device", "auto", "--fuse", "detail"]
+    with pytest.raises(ValueError, match="fuse"):
+        build_command("python", "a", "b", axis="all", fuse="max")
     with pytest.raises(ValueError, match="bias_field"):
         build_command("python", "a", "b", bias_field="keep")
     with pytest.raises(ValueError, match="axis"):
@@ -162,6 +167,13 @@ def test_build_command_is_accepted_by_medsynth_convert() -> None:
     assert (args.input, args.output, args.model, args.direction) == ("in.nrrd", "out.nrrd", "m.pt", "t2-to-t1")
     assert (args.axis, args.device, args.batch_size, args.progress, args.overwrite) == ("all", "cpu", 4, "lines", True)
     assert args.calibration is True
+    from medsynth.fusion import DEFAULT_FUSION, FUSIONS
+
+    assert args.fuse == DEFAULT_FUSION  # none named
+    assert FUSES == FUSIONS  # the module offers what medsynth takes
+    for fuse in FUSES:
+        assert convert_parser().parse_args(build_command(sys.executable, "a.nrrd", "b.nrrd", axis="all",
+                                                         fuse=fuse)[4:]).fuse == fuse
     assert convert_parser().parse_args(build_command(sys.executable, "a.nrrd", "b.nrrd",
                                                      calibration=False)[4:]).calibration is False
     assert args.bias_field == "restore"
@@ -362,6 +374,20 @@ def test_module_defines_the_four_slicer_classes() -> None:
     test_methods = {n.name for c in module_tree().body if isinstance(c, ast.ClassDef) and c.name == "MedSynthTest"
                     for n in c.body if isinstance(n, ast.FunctionDef)}
     assert {"runTest", "test_translate_button", "test_cancel_button"} <= test_methods
+
+
+def test_the_axis_menu_names_what_medsynth_takes() -> None:
+    """Each entry of the module's slicing-axis menu is ``AXIS`` or ``AXIS:FUSE`` with values medsynth accepts (the
+    widget splits them at the colon); for ``all`` it offers medsynth's default fusion and ``detail``."""
+    from MedSynthLib.process import AXES
+
+    choices = next(ast.literal_eval(n.value) for n in module_tree().body if isinstance(n, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "AXIS_CHOICES" for t in n.targets))
+    values = [value.partition(":") for _, value in choices]
+    assert all(axis in AXES and (fuse == "" or fuse in FUSES) for axis, _, fuse in values), values
+    assert {axis for axis, _, _ in values} == set(AXES)
+    assert {fuse for axis, _, fuse in values if axis == "all"} == {"", "detail"}  # "": medsynth's default
+    assert len({label for label, _ in choices}) == len(choices)
 
 
 def top_level_imports(path: Path) -> set[str]:

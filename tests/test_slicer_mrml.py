@@ -128,6 +128,16 @@ def test_local_nrrd_round_trip_matches_medsynth_convert(scene_and_node, tiny_mod
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
     assert not np.allclose(got, kji_to_ijk(slicer.util.arrayFromVolume(node)))  # it did translate
 
+    # the fusion of the three axes reaches the child's command line
+    fused = run_conversion_on_node(scene, node, ConversionOptions(model=str(tiny_model), direction="t1-to-t2",
+                                                                  axis="all", fuse="detail", device="cpu",
+                                                                  temp_root=str(temp_root)), timeout=120)
+    folder = tmp_path / "reference_detail"
+    folder.mkdir()
+    expected, _ = reference_translation(node, folder, tiny_model, ".nrrd", direction="t1-to-t2", axis="all",
+                                        fuse="detail")
+    np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(fused)), expected, rtol=1e-5, atol=1e-4)
+
 
 def test_bad_model_is_one_line_and_leaves_nothing_behind(scene_and_node, tmp_path: Path) -> None:
     scene, node = scene_and_node
@@ -184,16 +194,18 @@ def test_worker_translates_one_volume_after_another_in_one_process(scene_and_nod
                                    worker=worker)
         assert "not_a_model.pt" in str(caught.value) and "\n" not in str(caught.value)
 
-        second = run_conversion_on_node(scene, node, ConversionOptions(direction="t2-to-t1", axis="all", **options),
+        second = run_conversion_on_node(scene, node, ConversionOptions(direction="t2-to-t1", axis="all",
+                                                                       fuse="detail", **options),
                                         timeout=120, worker=worker)
         assert worker.process.pid == pid and worker.alive  # the same child did all three
         assert worker_for(ConversionOptions(**options), worker) is worker
         check_output(second, node, scene)
         assert list(temp_root.iterdir()) == []
-        for out, direction, axis in ((first, "t1-to-t2", "axial"), (second, "t2-to-t1", "all")):
+        for out, direction, axis, fuse in ((first, "t1-to-t2", "axial", "mean"), (second, "t2-to-t1", "all", "detail")):
             folder = tmp_path / f"reference_{direction}"
             folder.mkdir()
-            expected, _ = reference_translation(node, folder, tiny_model, ".nrrd", direction=direction, axis=axis)
+            expected, _ = reference_translation(node, folder, tiny_model, ".nrrd", direction=direction, axis=axis,
+                                                fuse=fuse)
             np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), expected, rtol=1e-5, atol=1e-4)
     finally:
         worker.stop()
@@ -262,6 +274,8 @@ def test_rejects_multicomponent_volumes_and_output_equal_to_input(scene_and_node
     assert list((tmp_path / "work").iterdir()) == []
     with pytest.raises(ValueError, match="axis"):
         ConversionJob(scene, node, ConversionOptions(axis="oblique"))
+    with pytest.raises(ValueError, match="fuse"):
+        ConversionJob(scene, node, ConversionOptions(axis="all", fuse="max"))
 
 
 @pytest.fixture
@@ -304,14 +318,15 @@ def test_remote_server_nifti_round_trip_matches_medsynth_convert(scene_and_node,
     out = run_conversion_on_node(
         scene, node,
         ConversionOptions(server_url=medsynth_server, token="s3cret", model="tiny", direction="t2-to-t1",
-                          axis="all", file_format="nii", temp_root=str(tmp_path / "work")),
+                          axis="all", fuse="median", file_format="nii", temp_root=str(tmp_path / "work")),
         output_node=target, on_progress=progress.append, timeout=120,
     )
     assert out is target and out.GetName() == "my result"
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
     check_output(out, node, scene)
     assert progress == [100]
-    expected, _ = reference_translation(node, tmp_path, tiny_model, ".nii", direction="t2-to-t1", axis="all")
+    expected, _ = reference_translation(node, tmp_path, tiny_model, ".nii", direction="t2-to-t1", axis="all",
+                                        fuse="median")
     np.testing.assert_allclose(kji_to_ijk(slicer.util.arrayFromVolume(out)), expected, rtol=1e-5, atol=1e-4)
 
     with pytest.raises(ConversionError, match="401"):

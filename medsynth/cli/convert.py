@@ -12,6 +12,7 @@ from medsynth.bias import BIAS_OUTPUTS
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
+from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 from medsynth.io import KIND_NAMES, check_output, find_files, kind_of
 
 __all__ = ["build_parser", "main"]
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", default=None, help="e.g. t1-to-t2 (default: the model's first direction)")
     p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial",
                    help="slicing axis; all = the three axes fused; a 2D image is translated in its own plane")
-    p.add_argument("--fuse", choices=("mean", "median"), default="mean", help="fusion for --axis all")
+    p.add_argument("--fuse", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help="how --axis all combines its three passes: mean or median voxel by voxel, or detail (the "
+                        "axial pass, with only the detail across slices from the coronal and sagittal ones)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass (default: 4 on a CPU, 64 on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every core this process may use)")

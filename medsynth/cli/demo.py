@@ -8,6 +8,7 @@ from typing import Sequence
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import exit_on_error
+from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -20,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial",
                    help="slicing axis; all = the three axes fused")
+    p.add_argument("--fuse", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help="how --axis all combines its three passes (as medsynth-convert --fuse)")
     p.add_argument("--model", default=None, help="another model.pt (default: the packaged one)")
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo")
     return p
@@ -33,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     reporter = Reporter("bar", 1)
     result = run_demo(args.out_dir, device=args.device, axis=args.axis, model=args.model, overwrite=args.overwrite,
-                      progress=reporter.slices)
+                      progress=reporter.slices, fuse=args.fuse)
     reporter.close()
     print(f"translated {result['input']} -> {result['output']} in {result['seconds']:.1f} s on {result['device']}")
     print(f"preview: {result['preview']}")

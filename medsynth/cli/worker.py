@@ -33,6 +33,7 @@ from medsynth.bias import BIAS_OUTPUTS
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
 from medsynth.errors import InputError, exit_on_error
+from medsynth.fusion import DEFAULT_FUSION
 
 __all__ = ["JOB_FIELDS", "build_parser", "main", "run_job"]
 
@@ -112,7 +113,7 @@ def run_job(models: _Models, job: dict[str, Any]) -> str:
     reporter = Reporter("lines", 1)
     network_before = translator.network_seconds
     out = translator.translate_file(job["input"], job["output"], job.get("direction"), job.get("axis", "axial"),
-                                    job.get("fuse", "mean"), job.get("dtype", "float32"), overwrite=True,
+                                    job.get("fuse", DEFAULT_FUSION), job.get("dtype", "float32"), overwrite=True,
                                     progress=reporter.slices, on_start=reporter.expect,
                                     calibrate=job.get("calibration", True),
                                     bias_field=job.get("bias_field", "restore"))

@@ -40,12 +40,13 @@ from MedSynthLib.logic import (
 from MedSynthLib.process import DEVICE_CHOICES, target_domain
 from MedSynthLib.worker import Worker
 
-#: (label shown, value for ``--axis``)
+#: (label shown, value for ``--axis``, with ``:FUSE`` for a fusion other than medsynth's default)
 AXIS_CHOICES = (
     ("Axial", "axial"),
     ("Coronal", "coronal"),
     ("Sagittal", "sagittal"),
-    ("All three, fused", "all"),
+    ("All three, fused (mean)", "all"),
+    ("All three, fused (axial kept, for lesions)", "all:detail"),
 )
 DEFAULT_MODEL_LABEL = "Packaged default model"
 SETTINGS_MODELS = "MedSynth/ModelFiles"
@@ -178,10 +179,12 @@ class MedSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if remote:
             qt.QSettings().setValue(SETTINGS_SERVER, url)
         batchSize = int(self.ui.batchSizeSpinBox.value)
+        axis, _, fuse = str(self.ui.axisComboBox.itemData(self.ui.axisComboBox.currentIndex)).partition(":")
         return ConversionOptions(
             model=self.currentServerModel() if remote else self.currentModel(),
             direction=self.currentDirection(),
-            axis=self.ui.axisComboBox.itemData(self.ui.axisComboBox.currentIndex),
+            axis=axis,
+            fuse=fuse or None,
             device=self.ui.deviceComboBox.itemData(self.ui.deviceComboBox.currentIndex),
             batch_size=batchSize if batchSize > 0 else None,
             python_exe=self.logic.pythonExecutable(),
@@ -643,7 +646,7 @@ class MedSynthTest(ScriptedLoadableModuleTest):
             widget.ui.modelComboBox.addItem(os.path.basename(model), model)
             widget.ui.modelComboBox.currentIndex = widget.ui.modelComboBox.count - 1
         widget.ui.deviceComboBox.currentIndex = widget.ui.deviceComboBox.findData("cpu")
-        widget.ui.axisComboBox.currentIndex = widget.ui.axisComboBox.findData("all")
+        widget.ui.axisComboBox.currentIndex = widget.ui.axisComboBox.findData("all:detail")
         widget.ui.remoteCheckBox.checked = False
         widget.ui.applyButton.click()
         self.assertIsNone(widget.lastError, widget.lastError)

@@ -26,6 +26,7 @@ from MedSynthLib.process import (
     AXES,
     BIAS_FIELDS,
     DEVICES,
+    FUSES,
     LineCallback,
     ProcessRunner,
     ProgressCallback,
@@ -54,6 +55,8 @@ class ConversionOptions:
         model: a ``model.pt`` file; None for medsynth's packaged default (or the server's default model).
         direction: e.g. ``"t1-to-t2"``; None for the model's first direction.
         axis: ``axial``, ``coronal``, ``sagittal`` or ``all`` (the three fused).
+        fuse: how ``all`` combines its passes: ``mean``, ``median`` or ``detail`` (the axial pass, with only the
+            detail across slices from the other two); None for medsynth's default (or the server's).
         device: ``auto``, ``cuda`` or ``cpu`` (local runs only).
         batch_size: slices per forward pass; None for medsynth's default.
         file_format: ``nrrd`` or ``nii``: how the volume travels to the child (always uncompressed).
@@ -72,6 +75,7 @@ class ConversionOptions:
     model: str | None = None
     direction: str | None = None
     axis: str = "axial"
+    fuse: str | None = None
     device: str = "auto"
     batch_size: int | None = None
     file_format: str = "nrrd"
@@ -87,6 +91,8 @@ class ConversionOptions:
         """Raise ValueError for an option medsynth would reject anyway, before any file is written."""
         if self.axis not in AXES:
             raise ValueError(f"axis must be one of {', '.join(AXES)}, got {self.axis!r}")
+        if self.fuse is not None and self.fuse not in FUSES:
+            raise ValueError(f"fuse must be one of {', '.join(FUSES)}, got {self.fuse!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.file_format not in FILE_FORMATS:
@@ -255,6 +261,7 @@ class RemoteRunner:
                 model=self.options.model,
                 direction=self.options.direction,
                 axis=self.options.axis,
+                fuse=self.options.fuse,
                 token=self.options.token,
                 calibration=self.options.calibration,
                 bias_field=self.options.bias_field,
@@ -377,6 +384,8 @@ class ConversionJob:
                     job["calibration"] = False
                 if self.options.bias_field != "restore":
                     job["bias_field"] = self.options.bias_field
+                if self.options.fuse is not None:
+                    job["fuse"] = self.options.fuse
                 self.runner = WorkerRunner(self.worker, job, self.on_progress, self.on_line, self.on_estimate)
             else:
                 command = build_command(
@@ -386,6 +395,7 @@ class ConversionJob:
                     model=self.options.model,
                     direction=self.options.direction,
                     axis=self.options.axis,
+                    fuse=self.options.fuse,
                     device=self.options.device,
                     batch_size=self.options.batch_size,
                     calibration=self.options.calibration,

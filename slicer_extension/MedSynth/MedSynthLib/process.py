@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 AXES = ("axial", "coronal", "sagittal", "all")
+#: what ``medsynth-convert --fuse`` takes: how ``--axis all`` combines its three passes
+FUSES = ("mean", "median", "detail")
 DEVICES = ("auto", "cuda", "cpu")
 #: what ``medsynth-convert --bias-field`` takes (a bias-corrected model: the input's field put back or not)
 BIAS_FIELDS = ("restore", "remove")
@@ -40,6 +42,7 @@ def build_command(
     batch_size: int | None = None,
     calibration: bool = True,
     bias_field: str = "restore",
+    fuse: str | None = None,
 ) -> list[str]:
     """Command line that converts one file with medsynth, printing progress one line at a time.
 
@@ -55,6 +58,8 @@ def build_command(
         calibration: False adds ``--no-calibration`` (the network's output without a calibrated model's curve).
         bias_field: ``remove`` adds ``--bias-field remove`` (a bias-corrected model's translation without the
             input's field put back).
+        fuse: how ``axis="all"`` combines its passes (``mean``, ``median``, ``detail``); None keeps medsynth's
+            default.
 
     Returns:
         The argument list for :class:`subprocess.Popen` (no shell).
@@ -73,6 +78,10 @@ def build_command(
     if direction:
         command += ["--direction", direction]
     command += ["--axis", axis, "--device", device]
+    if fuse is not None:
+        if fuse not in FUSES:
+            raise ValueError(f"fuse must be one of {', '.join(FUSES)}, got {fuse!r}")
+        command += ["--fuse", fuse]
     if batch_size is not None:
         if int(batch_size) < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
