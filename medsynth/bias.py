@@ -171,15 +171,13 @@ def correct_bias(volume: np.ndarray, spacing: Sequence[float], method: str = "n4
     return x if method == "none" or x.ndim != 3 or x.shape[-1] == 1 else x / field
 
 
-def describe_bias_correction(method: str, text: str) -> str:
-    """``text`` for a bias-correcting ``method``, said of the main peak for ``n4-peak`` (``text`` may end in a
-    comma and space); nothing for ``none``. For the plan line and the bundle's description."""
+def describe_bias_correction(method: str, text: str, after: str = "") -> str:
+    """``text`` for a bias-correcting ``method``, said of the main peak for ``n4-peak``, then ``after`` (e.g. the
+    sentence's separator); nothing for ``none``. For the plan line and the bundle's description."""
     if method == "none":
         return ""
-    if method != "n4-peak":
-        return text
-    core = text.rstrip(", ")
-    return f"{core} (the field fitted on the histogram's main peak){text[len(core):]}"
+    peak = " (the field fitted on the histogram's main peak)" if method == "n4-peak" else ""
+    return f"{text}{peak}{after}"
 
 
 def restore_field(translation: np.ndarray, field: np.ndarray, foreground: np.ndarray) -> np.ndarray:

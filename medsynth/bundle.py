@@ -168,7 +168,7 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
             f"{smoothed}"
             f") that translates a {src.upper()} volume into a synthetic {dst.upper()} volume axial slice by slice "
             f"(trained on {describe_axes(config.axis)} slices). The volume is reoriented to RAS without resampling, "
-            f"{describe_bias_correction(config.bias_correction, 'divided by its N4 bias field, ')}"
+            f"{describe_bias_correction(config.bias_correction, 'divided by its N4 bias field', ', ')}"
             f"normalised by its own 0.5/99.5 foreground "
             f"percentiles, cropped to the box around its foreground, translated, mapped onto the {dst.upper()} "
             f"training intensities and written with the input's geometry (shape, affine, qform and sform)."),

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 AXES = ("axial", "coronal", "sagittal")
+#: Conversion's slicing axes: one of :data:`AXES`, or ``all`` (the three passes fused, :mod:`medsynth.fusion`)
+AXIS_CHOICES = AXES + ("all",)
 #: Training's slicing axes: one of :data:`AXES`, or ``all`` (multi-planar: each sample along a random one of the
 #: three, so that one model sees each head's anatomy in three orientations and serves ``--axis all`` conversion)
 TRAIN_AXES = AXES + ("all",)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsynth.config import AXES, AXIS_INDEX, TrainConfig
+from medsynth.config import AXES, AXIS_CHOICES, AXIS_INDEX, TrainConfig
 from medsynth.devices import autocast_enabled, resolve_device, set_threads
 from medsynth.networks import (ResidualGenerator, build_generator, generator_stride, histogram_targets,
                                neighbour_indices, neighbour_offsets, residual_of)
@@ -31,7 +31,6 @@ from medsynth.io import (IMAGE2D_SUFFIXES, KIND_NAMES, VOLUME_SUFFIXES, Image, c
 Progress = Callable[[int, int], None]
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = MODELS_DIR / "default_t1t2.pt"
-AXIS_CHOICES = AXES + ("all",)
 #: slices per forward pass on a CPU: large enough to keep both cores busy, small enough for the caches
 CPU_BATCH = 4
 

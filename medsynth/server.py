@@ -54,6 +54,7 @@ import torch
 
 from medsynth.bias import BIAS_OUTPUTS
 from medsynth.client import ARCHIVE_SUFFIX, SUFFIXES, UPLOAD_SUFFIXES, match_suffix, safe_stem
+from medsynth.config import AXIS_CHOICES
 from medsynth.errors import InputError
 from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 from medsynth.inference import Translator
@@ -71,7 +72,6 @@ except ImportError:  # pragma: no cover - client-only installs
 
 log = logging.getLogger("medsynth.server")
 
-AXES: tuple[str, ...] = ("axial", "coronal", "sagittal", "all")
 DTYPES: tuple[str, ...] = ("float32", "input")
 GENERIC_STEMS = frozenset({"model", "last", "best", "latest", "final"})
 MODEL_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".ckpt")
@@ -813,7 +813,7 @@ def create_app(
     def estimate(
         shape: str = Query(..., description="volume shape, e.g. 240x240x155"),
         model: str | None = Query(None, description="model name (see /models); optional with one model"),
-        axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
+        axis: Literal[AXIS_CHOICES] = Query("axial"),  # type: ignore[valid-type]
     ) -> dict[str, Any]:
         """Expected seconds to translate a volume of this shape here (a measured rate of this machine), without
         the upload and the wait in the queue."""
@@ -836,7 +836,7 @@ def create_app(
                     "name": name,
                     "domains": list(t.domains),
                     "directions": list(t.directions),
-                    "axes": list(AXES),
+                    "axes": list(AXIS_CHOICES),
                     "fuse": list(FUSIONS),
                     "suffixes": list(UPLOAD_SUFFIXES),
                     "max_upload_mb": max_upload_mb,
@@ -851,7 +851,7 @@ def create_app(
         request: Request,
         model: str | None = Query(None, description="model name (see /models); optional with one model"),
         direction: str | None = Query(None, description="e.g. t1-to-t2; default: the model's first direction"),
-        axis: Literal["axial", "coronal", "sagittal", "all"] = Query("axial"),
+        axis: Literal[AXIS_CHOICES] = Query("axial"),  # type: ignore[valid-type]
         fuse: Literal[FUSIONS] = Query(  # type: ignore[valid-type]
             DEFAULT_FUSION, description="how axis=all combines its three passes: mean, median, or detail (the "
                                         "axial pass with the other two's detail across slices)"),

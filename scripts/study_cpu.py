@@ -413,6 +413,17 @@ PACKAGED = ("ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052", "BraTS-GLI-0
 REGIONS = ("brain", "oedema", "core", "lesion")
 
 
+def held_out_case(held_out: Path) -> tuple[Any, Any, dict[str, np.ndarray]]:
+    """A patient's T1 and T2 (:class:`medsynth.io.Image`) and the regions it is scored in: ``brain`` (both images
+    above zero) and, from its lesion mask, ``oedema`` (label 1), ``core`` (label 2) and ``lesion`` (both)."""
+    from medsynth.io import load_image
+
+    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
+    labels = load_image(LESIONS / f"{held_out.name}.nii.gz", allow_constant=True).array
+    mask = (t1.array > 0) & (t2.array > 0)
+    return t1, t2, {"brain": mask, "oedema": labels == 1, "core": labels == 2, "lesion": labels > 0}
+
+
 def lesion_scores(model: Path, held_out: Path, cache: Path | None = None, axis: str = "axial") -> dict[str, Any]:
     """A model on its held-out patient, whole brain and inside each lesion label, against the fair and oracle
     baselines: ``{direction: {"model"|"fair"|"oracle": {region: {psnr, ssim, mae, voxels}}}}`` (regions: brain,
@@ -422,14 +433,11 @@ def lesion_scores(model: Path, held_out: Path, cache: Path | None = None, axis: 
         return json.loads(cache.read_text())
     from medsynth.evaluation import baseline_translate, region_metrics
     from medsynth.inference import Translator, fair_baseline_translator
-    from medsynth.io import load_image
 
     translator = Translator.from_file(model, device="cpu")
     fair = fair_baseline_translator(model, device="cpu")
-    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
-    labels = load_image(LESIONS / f"{held_out.name}.nii.gz", allow_constant=True).array
-    mask = (t1.array > 0) & (t2.array > 0)
-    regions = {"brain": mask, "oedema": labels == 1, "core": labels == 2, "lesion": labels > 0}
+    t1, t2, regions = held_out_case(held_out)
+    mask = regions["brain"]
     out: dict[str, Any] = {"model": str(model)}
     for direction, (src, ref) in zip(translator.directions, ((t1, t2), (t2, t1))):
         images = {"model": translator.translate(src, direction=direction, axis=axis).array,
@@ -473,15 +481,12 @@ def lesion_study(root: Path, recipes: list[str], packaged_seen: bool = False, ax
         folds: dict[str, Any] = {}
         for case in cases():
             run = root / recipe / case.name
-            if recipe == SEEN:
+            if recipe != SEEN and (run / "model.pt").exists():
+                model, cache = run / "model.pt", run / f"lesion_scores{suffix}.json"
+            elif recipe == SEEN or (recipe, case.name) == PACKAGED:
+                # the packaged model on this patient: one cache whichever pseudo-recipe asks
                 model = default_model_path()
                 cache = root / PACKAGED[0] / f"packaged_{case.name}_lesion_scores{suffix}.json"
-                cache.parent.mkdir(parents=True, exist_ok=True)
-            elif (run / "model.pt").exists():
-                model, cache = run / "model.pt", run / f"lesion_scores{suffix}.json"
-            elif (recipe, case.name) == PACKAGED:
-                model = default_model_path()
-                cache = root / recipe / f"packaged_{case.name}_lesion_scores{suffix}.json"
                 cache.parent.mkdir(parents=True, exist_ok=True)
             else:
                 continue

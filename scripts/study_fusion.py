@@ -33,7 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from study_cpu import DATA, LESIONS, cases, write_results  # noqa: E402
+from study_cpu import DATA, cases, held_out_case, write_results  # noqa: E402
 
 #: the figures the rule reads: (direction, region, metric)
 FIGURES = (("t1-to-t2", "brain", "psnr"), ("t1-to-t2", "brain", "ssim"), ("t2-to-t1", "brain", "psnr"),
@@ -61,13 +61,10 @@ def fold_scores(model: Path, held_out: Path, cache: Path | None = None) -> dict[
             return cached
     from medsynth.evaluation import region_metrics
     from medsynth.inference import Translator
-    from medsynth.io import load_image
 
     translator = Translator.from_file(model, device="cpu")
-    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
-    labels = load_image(LESIONS / f"{held_out.name}.nii.gz", allow_constant=True).array
-    mask = (t1.array > 0) & (t2.array > 0)
-    regions = {"brain": mask, "oedema": labels == 1, "core": labels == 2, "lesion": labels > 0}
+    t1, t2, regions = held_out_case(held_out)
+    mask = regions["brain"]
     out: dict[str, Any] = {"model": str(model), "made_with": made_with, "seconds": {}}
     pairs = {"t1-to-t2": (t1, t2), "t2-to-t1": (t2, t1)}
     for name, axis, fuse in conversions():
@@ -136,13 +133,11 @@ def write_figure(model: Path, held_out: Path, path: Path) -> Path:
     conversions' absolute errors (each image normalised over the brain as the metrics are)."""
     from medsynth.evaluation import normalise_in_mask
     from medsynth.inference import Translator
-    from medsynth.io import load_image
     from medsynth.pictures import write_case_figure
 
     translator = Translator.from_file(model, device="cpu")
-    t1, t2 = load_image(held_out / "t1.nii.gz"), load_image(held_out / "t2.nii.gz")
-    labels = load_image(LESIONS / f"{held_out.name}.nii.gz", allow_constant=True).array
-    brain = (t1.array > 0) & (t2.array > 0)
+    t1, t2, regions = held_out_case(held_out)
+    brain = regions["brain"]
     direction = "t1-to-t2"
     out = {name: translator.translate(t1, direction=direction, axis=axis, fuse=fuse).array
            for name, axis, fuse in conversions() if name in ("axial", "all-mean", "all-detail")}
@@ -150,7 +145,7 @@ def write_figure(model: Path, held_out: Path, path: Path) -> Path:
             {"T1 (input)": t1.array, "T2 (real)": t2.array, **out}.items()}
     panels = [(k, v, "gray") for k, v in norm.items()]
     panels += [(f"|{k} - T2|", np.abs(norm[k] - norm["T2 (real)"]), "inferno") for k in ("axial", "all-detail")]
-    write_case_figure(path, panels, labels > 0, t1.affine,
+    write_case_figure(path, panels, regions["lesion"], t1.affine,
                       f"{held_out.name} (held out), T1 -> T2 through its lesion: axial against --axis all")
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -64,7 +65,8 @@ def test_a_fold_is_scored_per_conversion_and_reported(sf, tmp_path: Path, tiny_m
     lesions = tmp_path / "lesions"
     lesions.mkdir()
     nib.save(nib.Nifti1Image(labels, affine), str(lesions / "patient.nii.gz"))
-    monkeypatch.setattr(sf, "LESIONS", lesions)
+    # the lesion masks are found where study_cpu looks for them (the study scores as the lesion study does)
+    monkeypatch.setattr(sys.modules[sf.held_out_case.__module__], "LESIONS", lesions)
     cache = tmp_path / "fusion_scores.json"
     scores = sf.fold_scores(tiny_model, case, cache)
     assert cache.exists() and sf.fold_scores(tiny_model, case, cache) == scores

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from medsynth.bias import BIAS_OUTPUTS
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
+from medsynth.config import AXIS_CHOICES
 from medsynth.errors import InputError, exit_on_error
 from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 from medsynth.io import KIND_NAMES, check_output, find_files, kind_of
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "folder (same file names)")
     p.add_argument("--model", default=None, help="model.pt or a run folder (default: the packaged T1<->T2 model)")
     p.add_argument("--direction", default=None, help="e.g. t1-to-t2 (default: the model's first direction)")
-    p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial",
+    p.add_argument("--axis", choices=AXIS_CHOICES, default="axial",
                    help="slicing axis; all = the three axes fused; a 2D image is translated in its own plane")
     p.add_argument("--fuse", choices=FUSIONS, default=DEFAULT_FUSION,
                    help="how --axis all combines its three passes: mean or median voxel by voxel, or detail (the "

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.cli.progress import Reporter
+from medsynth.config import AXIS_CHOICES
 from medsynth.errors import exit_on_error
 from medsynth.fusion import DEFAULT_FUSION, FUSIONS
 
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     p.add_argument("out_dir", nargs="?", default="medsynth-demo", help="folder for the NIfTI files and preview.png")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    p.add_argument("--axis", choices=("axial", "coronal", "sagittal", "all"), default="axial",
+    p.add_argument("--axis", choices=AXIS_CHOICES, default="axial",
                    help="slicing axis; all = the three axes fused")
     p.add_argument("--fuse", choices=FUSIONS, default=DEFAULT_FUSION,
                    help="how --axis all combines its three passes (as medsynth-convert --fuse)")
