@@ -130,6 +130,9 @@ class TrainConfig:
     lesion_augment: float = 0.0
     #: range of the T1 foreground quantile a synthetic oedema takes (0.12-0.40: about grey matter's level)
     lesion_dark: tuple[float, float] = (0.12, 0.40)
+    #: smallest and largest semi-axis of a synthetic oedema blob, in pixels of the training slices (1-3 blobs,
+    #: overlapping, make one lesion)
+    lesion_radius: tuple[float, float] = (4.0, 16.0)
     #: probability that a synthetic oedema gets a core, bright in T1 and intermediate grey in T2
     lesion_core: float = 0.5
     #: where synthetic lesions go: ``anywhere`` in the brain, or ``white`` (centred in the first domain's white
@@ -197,8 +200,9 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["model"] = model_config_from_dict(values.get("model", {}))
-        if "names" in values:
-            values["names"] = tuple(values["names"])
+        for name in ("names", "lesion_dark", "lesion_radius"):
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)
 
     def save(self, path: str | Path) -> None:

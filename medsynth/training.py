@@ -222,6 +222,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.intensity = intensity_augment_transform("image") if config.intensity_augment else None
         self.lesion_augment = float(config.lesion_augment)
         self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core),
+                               "radius": tuple(float(r) for r in config.lesion_radius),
                                "site": config.lesion_site}
         self.augment_base = bool(config.augment_base)
         # one transform and one coverage table per axis; a 2D domain has only its own plane
@@ -523,6 +524,11 @@ class Trainer:
         if config.bias_correction not in BIAS_CORRECTIONS:
             raise InputError("--bias-correction", f"{config.bias_correction!r} is not one of "
                                                   f"{', '.join(BIAS_CORRECTIONS)}")
+        radius = tuple(config.lesion_radius)
+        if (len(radius) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in radius)
+                or not 0 < radius[0] <= radius[1]):
+            raise InputError("--lesion-radius", f"{' '.join(map(str, radius))} is not two radii in pixels, "
+                                                "0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
@@ -1009,8 +1015,11 @@ class Plan:
             reaches = c.augment_base and m.residual == "invert" and m.residual_input == "base"
             augmented.append("intensity augmentation" + (" (into the base)" if reaches else ""))
         if self.pairs is not None and c.lesion_augment > 0:
+            where = ["in white matter"] if c.lesion_site == "white" else []
+            if tuple(c.lesion_radius) != TrainConfig.lesion_radius:
+                where.append(f"radii {c.lesion_radius[0]:g}-{c.lesion_radius[1]:g} px")
             augmented.append(f"synthetic lesions in {c.lesion_augment:.0%} of pairs"
-                             + (" (in white matter)" if c.lesion_site == "white" else ""))
+                             + (f" ({', '.join(where)})" if where else ""))
         if augmented:
             objective[-1:] = [f"{objective[-1]}, {' and '.join(augmented)}"] if objective else [" and ".join(augmented)]
         if any(self.unpaired):

@@ -213,6 +213,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # oedema still comes out too dark on the means (bias -0.075 T1 -> T2), so more of the T1-grey/T2-bright relation
     "ssim30_gate10_augbase_lesions10_smooth07_mnislab5_2052": _packaged(lesion_augment=1.0),
     "ssim30_gate10_augbase_lesions10_smooth07_mnislab5_2052_seed1": _packaged(seed=1, lesion_augment=1.0),
+    # the packaged recipe with synthetic oedema blobs up to twice as large (--lesion-radius 4 32, semi-axes in px of
+    # the 1 mm training slices): a glioma's oedema of 30-150 mL spans 40-65 mm, beyond one 16 px blob, and the
+    # network may have learned that a T2-bright lesion is a small one
+    "ssim30_gate10_augbase_lesionsbig_smooth07_mnislab5_2052": _packaged(lesion_radius=[4.0, 32.0]),
+    "ssim30_gate10_augbase_lesionsbig_smooth07_mnislab5_2052_seed1": _packaged(seed=1, lesion_radius=[4.0, 32.0]),
     # the packaged recipe without the template pair: study_allpairs.py trains it on one, two and three patients and
     # scores every model on the template pair, the one registered head none of them saw
     "ssim30_gate10_augbase_lesions_smooth07_2052_notemplate": _packaged(extra_pairs=[]),

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lesion-augment", type=float, default=d.lesion_augment, metavar="P",
                    help="--paired: probability that a training pair gets synthetic tumour-like lesions (oedema "
                         "moderately dark in T1 and bright in T2, some with a T1-bright core)")
+    g.add_argument("--lesion-radius", type=float, nargs=2, default=list(d.lesion_radius), metavar=("MIN", "MAX"),
+                   help="smallest and largest semi-axis of a synthetic oedema blob in pixels of the training slices; "
+                        "one to three overlapping blobs make a lesion (default: %(default)s)")
     g.add_argument("--lesion-site", choices=LESION_SITES, default=d.lesion_site,
                    help="where synthetic lesions go: anywhere in the brain, or centred in the white matter of the "
                         "first domain and shaped by it, as vasogenic oedema is (default: %(default)s)")
@@ -211,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
         lambda_histogram=args.lambda_histogram, extra_a=list(args.extra_a), extra_b=list(args.extra_b),
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
-        lesion_augment=args.lesion_augment, lesion_site=args.lesion_site, threads=args.threads,
+        lesion_augment=args.lesion_augment, lesion_radius=tuple(args.lesion_radius),
+        lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
         enhance=[s for s in args.enhance.split(",") if s], bias_correction=args.bias_correction, seed=args.seed,
         device=args.device, amp=args.amp,
