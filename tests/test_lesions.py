@@ -161,3 +161,36 @@ def test_white_site_puts_oedema_in_white_matter_and_spares_the_cortex() -> None:
     # and a bad site is refused
     with pytest.raises(ValueError, match="unknown lesion site 'grey'"):
         paste_lesions(a, b, np.random.default_rng(0), site="grey")
+
+
+def test_lesion_radius_reaches_the_training_blobs_and_the_saved_config(tmp_path: Path) -> None:
+    """``--lesion-radius`` sizes the blobs a training sample gets, and survives the config's JSON."""
+    from conftest import phantom
+
+    from medsynth.config import ModelConfig, TrainConfig
+    from medsynth.training import DomainData, SliceDataset, prepare_domains
+
+    for i in range(2):
+        t1 = phantom((64, 64, 10), i, "t1")
+        for name, data in (("t1", t1), ("t2", np.where(t1 > 0, 2000.0 - t1, 0).astype(np.float32))):
+            path = tmp_path / name / f"case{i}_{name}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
+    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+    model = ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base")
+    pairs, _ = prepare_domains(a, b, TrainConfig(size=48, paired=True, model=model))
+    plain = SliceDataset(a, b, TrainConfig(size=48, paired=True, model=model), pairs)
+
+    def changed_area(radius: tuple[float, float]) -> float:
+        config = TrainConfig(size=48, paired=True, model=model, lesion_augment=1.0, lesion_core=0.0,
+                             lesion_dark=(0.0, 0.05), lesion_radius=radius)
+        blobs = SliceDataset(a, b, config, pairs)
+        return float(np.mean([((blobs[k]["a"][0] - plain[k]["a"][0]).abs() > 0.05).sum() for k in range(8)]))
+
+    small, large = changed_area((2.0, 3.0)), changed_area((10.0, 14.0))
+    # the area grows as r^2 (about 16x here; less where the crop's foreground ends, and the soft borders add a rim)
+    assert 0 < small and large > 4 * small, (small, large)
+    config = TrainConfig(lesion_radius=(6.0, 24.0))
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
