@@ -130,6 +130,10 @@ class TrainConfig:
     lesion_augment: float = 0.0
     #: range of the T1 foreground quantile a synthetic oedema takes (0.12-0.40: about grey matter's level)
     lesion_dark: tuple[float, float] = (0.12, 0.40)
+    #: weight of a second paired L1 term, the mean absolute error inside the synthetic lesions (each lesion pixel
+    #: weighted by its blend weight) in both directions: 0 leaves the lesions to the whole slice's L1, where they
+    #: are a few per cent of the pixels
+    lambda_lesion: float = 0.0
     #: smallest and largest semi-axis of a synthetic oedema blob, in pixels of the training slices (1-3 blobs,
     #: overlapping, make one lesion)
     lesion_radius: tuple[float, float] = (4.0, 16.0)

@@ -165,7 +165,8 @@ class CycleGAN(nn.Module):
                    opt_d: torch.optim.Optimizer, generators: nn.Module | None = None,
                    discriminators: nn.Module | None = None, autocast: bool = False,
                    target_a: torch.Tensor | None = None, target_b: torch.Tensor | None = None,
-                   extra_a: torch.Tensor | None = None, extra_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   extra_a: torch.Tensor | None = None, extra_b: torch.Tensor | None = None,
+                   lesion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One iteration: update both generators, then both discriminators.
 
         Args:
@@ -184,6 +185,9 @@ class CycleGAN(nn.Module):
                 in the adversarial, cycle and identity terms and as real A for the discriminator, never the paired
                 ones.
             extra_b: likewise for domain B.
+            lesion: for paired batches, where each pair's synthetic lesion is ((N, 1, H, W) weights in [0, 1],
+                zeros without one): with ``lambda_lesion`` it adds the mean absolute error inside the lesions, in
+                both directions (the pair is registered, so the lesion is at the same place in both).
 
         Returns:
             Detached loss tensors; nothing here waits for the device, so logging decides when to sync.
@@ -233,6 +237,13 @@ class CycleGAN(nn.Module):
                 # on [0, 1], as the evaluation scores it
                 losses["ssim_b"] = self.ssim((paired_b + 1) / 2, (_loss_image(target_b) + 1) / 2) * c.lambda_ssim
                 losses["ssim_a"] = self.ssim((paired_a + 1) / 2, (_loss_image(target_a) + 1) / 2) * c.lambda_ssim
+            if lesion is not None and c.lambda_lesion > 0:
+                w = lesion[:n_a].float()
+                # a mean over the lesions' pixels, not the slice's: a lesion counts as much as the slice around it,
+                # however small (a batch without lesions adds zero)
+                area = w.sum().clamp_min(1.0)
+                losses["lesion_b"] = (w * (paired_b - _loss_image(target_b)).abs()).sum() / area * c.lambda_lesion
+                losses["lesion_a"] = (w * (paired_a - _loss_image(target_a)).abs()).sum() / area * c.lambda_lesion
             if c.lambda_histogram > 0:
                 # where both images of the pair are tissue: the translation's background is the source's
                 losses["hist_b"] = histogram_loss(paired_b, _loss_image(target_b),

@@ -73,7 +73,8 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
                   bright: tuple[float, float] = (0.85, 0.98), texture: float = 0.3,
                   softness: tuple[float, float] = (3.0, 8.0), core: float = 0.0,
                   core_a: tuple[float, float] = (0.85, 0.99), core_b: tuple[float, float] = (0.35, 0.65),
-                  site: str = "anywhere") -> tuple[torch.Tensor, torch.Tensor]:
+                  site: str = "anywhere", return_weight: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Paste ``count`` oedema-like blobs (and perhaps a core) into a registered pair of training slices.
 
     Args:
@@ -93,9 +94,12 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
         core_b: range of the foreground quantile of ``b`` the core takes (intermediate grey in T2).
         site: ``"anywhere"`` (centres on any foreground pixel) or ``"white"`` (centres in the white matter of ``a``,
             the oedema shaped by it; anywhere when the slice has too little white matter).
+        return_weight: also return where the lesion is, (1, H, W) in [0, 1] (the blend weight of the oedema and
+            its core; zeros when nothing was pasted), for a loss that weighs the lesion.
 
     Returns:
-        New ``(a, b)`` tensors (inputs unchanged); the same ones when the slice has no foreground.
+        New ``(a, b)`` tensors (inputs unchanged); the same ones when the slice has no foreground. With
+        ``return_weight``, ``(a, b, weight)``.
 
     Raises:
         ValueError: an unknown ``site``.
@@ -105,7 +109,7 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
     xa, xb = a.detach().cpu().numpy().astype(np.float32), b.detach().cpu().numpy().astype(np.float32)
     fg = (xa[0] > BACKGROUND + 1e-3) & (xb[0] > BACKGROUND + 1e-3)
     if fg.sum() < 50:
-        return a, b
+        return (a, b, torch.zeros((1, *fg.shape))) if return_weight else (a, b)
     centres, follow = fg, None
     if site == "white":
         white = fg & (xa[0] > np.quantile(xa[0][fg], WHITE_QUANTILE))
@@ -147,4 +151,7 @@ def paste_lesions(a: torch.Tensor, b: torch.Tensor, rng: np.random.Generator, co
             # the base is the inverted histogram match of the image: the same monotone map, applied to the new image
             y[1] = _remap(x[0], y[0], x[1], fg)
         out.append(torch.from_numpy(y).to(a.dtype))
+    if return_weight:
+        where = np.maximum.reduce([w for w, _, _ in levels])
+        return out[0], out[1], torch.from_numpy(where[None].astype(np.float32))
     return out[0], out[1]

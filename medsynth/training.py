@@ -221,6 +221,8 @@ class SliceDataset(torch.utils.data.Dataset):
         self.pairs = list(pairs) if pairs else None
         self.intensity = intensity_augment_transform("image") if config.intensity_augment else None
         self.lesion_augment = float(config.lesion_augment)
+        #: every paired sample carries ``lesion`` (where its synthetic lesion is, zeros without one) for the lesion term
+        self.lesion_weight = config.lambda_lesion > 0 and self.lesion_augment > 0
         self.lesion_options = {"dark": tuple(config.lesion_dark), "core": float(config.lesion_core),
                                "radius": tuple(float(r) for r in config.lesion_radius),
                                "site": config.lesion_site}
@@ -266,12 +268,17 @@ class SliceDataset(torch.utils.data.Dataset):
                                   "image_coverage": self.coverage_pairs[axis][index]})["image"])
             split = self.a.volumes[self.pairs[index][0]].shape[0]
             out["a"], out["b"] = x[:split].contiguous(), x[split:].contiguous()
+            if self.lesion_weight:
+                out["lesion"] = torch.zeros((1, *out["a"].shape[1:]))
             if self.lesion_augment > 0 and rng.random() < self.lesion_augment:
                 from medsynth.lesions import paste_lesions
 
                 # into inputs and targets alike: the clean targets below are these images
-                out["a"], out["b"] = paste_lesions(out["a"], out["b"], np.random.default_rng([self.seed, k, 1]),
-                                                   **self.lesion_options)
+                pasted = paste_lesions(out["a"], out["b"], np.random.default_rng([self.seed, k, 1]),
+                                       return_weight=self.lesion_weight, **self.lesion_options)
+                out["a"], out["b"] = pasted[0], pasted[1]
+                if self.lesion_weight:
+                    out["lesion"] = pasted[2]
             if self.intensity is not None:
                 out["a_target"], out["b_target"] = out["a"], out["b"]
         else:
@@ -521,6 +528,11 @@ class Trainer:
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
+        if not math.isfinite(config.lambda_lesion) or config.lambda_lesion < 0:
+            raise InputError("--lambda-lesion", f"{config.lambda_lesion:g} must be a finite number, not negative")
+        if config.lambda_lesion > 0 and not (config.paired and config.lesion_augment > 0):
+            raise InputError("--lambda-lesion", "weighs the synthetic lesions of paired training: add --paired and "
+                                                "--lesion-augment P")
         if config.bias_correction not in BIAS_CORRECTIONS:
             raise InputError("--bias-correction", f"{config.bias_correction!r} is not one of "
                                                   f"{', '.join(BIAS_CORRECTIONS)}")
@@ -691,7 +703,8 @@ class Trainer:
             if pairs is not None:
                 targets = {"target_a": inputs.get("a_target", inputs["a"]), "target_b": inputs.get("b_target", inputs["b"])}
             losses = model.train_step(inputs["a"], inputs["b"], opt_g, opt_d, generators, discriminators, autocast,
-                                      **targets, extra_a=inputs.get("extra_a"), extra_b=inputs.get("extra_b"))
+                                      **targets, extra_a=inputs.get("extra_a"), extra_b=inputs.get("extra_b"),
+                                      lesion=inputs.get("lesion"))
             # without an adversarial term the discriminators never step; their schedule stays where it is
             for sched in schedulers if config.lambda_adv > 0 else schedulers[:1]:
                 sched.step()
@@ -1008,6 +1021,7 @@ class Plan:
             objective.append("cycle" + (" + identity" if c.lambda_identity > 0 else ""))
         if self.pairs is not None and c.lambda_paired > 0:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
+                             + (f" + lesion L1 x {c.lambda_lesion:g}" if c.lambda_lesion > 0 else "")
                              + (f" + histogram x {c.lambda_histogram:g}" if c.lambda_histogram > 0 else "")
                              + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''})")
         augmented = []

@@ -218,6 +218,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # network may have learned that a T2-bright lesion is a small one
     "ssim30_gate10_augbase_lesionsbig_smooth07_mnislab5_2052": _packaged(lesion_radius=[4.0, 32.0]),
     "ssim30_gate10_augbase_lesionsbig_smooth07_mnislab5_2052_seed1": _packaged(seed=1, lesion_radius=[4.0, 32.0]),
+    # the packaged recipe with a second paired L1 over the synthetic lesions alone (--lambda-lesion 10, the paired
+    # L1's weight): the fold models render a large oedema as dark when they trained on it as when they did not
+    # (check_oedema_level.py), a fit the whole slice's L1 leaves to a few per cent of its pixels
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_lesionl1": _packaged(lambda_lesion=10.0),
+    "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_lesionl1_seed1": _packaged(seed=1, lambda_lesion=10.0),
     # the packaged recipe with the reference CycleGAN's generator depth, ResNet-9 (nine residual blocks at a quarter
     # of the resolution instead of six): about 169 px of receptive field against 121, 1.45x the weights, 1.17x the
     # network's time on a 240 px slice here

@@ -194,3 +194,19 @@ def test_lesion_radius_reaches_the_training_blobs_and_the_saved_config(tmp_path:
     config = TrainConfig(lesion_radius=(6.0, 24.0))
     config.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == config
+
+
+def test_the_lesion_weight_is_where_the_images_changed() -> None:
+    """``return_weight``: a (1, H, W) map in [0, 1], zero wherever neither image changed and positive wherever one
+    did, for the lesion term of training; zeros when nothing could be pasted."""
+    a, b = residual_pair(64)
+    for seed in range(4):
+        na, nb, weight = paste_lesions(a, b, np.random.default_rng(seed), core=1.0, return_weight=True)
+        assert weight.shape == (1, 64, 64) and float(weight.min()) >= 0.0 and float(weight.max()) <= 1.0
+        changed = ((na[0] - a[0]).abs() > 1e-6) | ((nb[0] - b[0]).abs() > 1e-6)
+        assert changed.any() and bool((weight[0][changed] > 0).all()) and bool((weight[0][~changed] < 1e-3).all())
+        # the same draw with and without the weight: the same images
+        same = paste_lesions(a, b, np.random.default_rng(seed), core=1.0)
+        assert torch.equal(same[0], na) and torch.equal(same[1], nb)
+    empty = torch.full_like(a, -1.0)
+    assert float(paste_lesions(empty, empty, np.random.default_rng(0), return_weight=True)[2].abs().sum()) == 0.0

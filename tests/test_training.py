@@ -143,6 +143,10 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
     assert "error: --pool-size: -1 must not be negative" in _bad(tmp_path, capsys, [t1], [t2], ("--pool-size", "-1"))
     assert "error: --lesion-augment: 1.5 is not a probability (0 to 1)" in _bad(tmp_path, capsys, [t1], [t2],
                                                                               ("--lesion-augment", "1.5"))
+    assert "error: --lambda-lesion: weighs the synthetic lesions of paired training: add --paired and --lesion-augment P" \
+        in _bad(tmp_path, capsys, [t1], [t2], ("--lambda-lesion", "10"))
+    assert "error: --lambda-lesion: -1 must be a finite number, not negative" in _bad(
+        tmp_path, capsys, [t1], [t2], ("--lambda-lesion", "-1"))
     assert "error: --lesion-radius: 16.0 4.0 is not two radii in pixels, 0 < MIN <= MAX" in _bad(
         tmp_path, capsys, [t1], [t2], ("--lesion-radius", "16", "4"))
     assert "error: --lesion-radius: 0.0 8.0 is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "0", "8"))

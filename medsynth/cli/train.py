@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--lambda-histogram", type=float, default=d.lambda_histogram,
                    help="weight of the L1 distance between the sorted foreground intensities of translated and "
                         "registered target (their histograms; with --paired)")
+    o.add_argument("--lambda-lesion", type=float, default=d.lambda_lesion, metavar="W",
+                   help="--lesion-augment: W x the mean absolute error inside the synthetic lesions joins the paired "
+                        "L1, in both directions (at W = --lambda-paired a lesion counts as much as the whole slice "
+                        "around it; default: %(default)s, off)")
     o.add_argument("--pool-size", type=int, default=d.pool_size, help="image pool of generated images (0: none)")
     r = p.add_argument_group("running")
     r.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu or cuda")
@@ -214,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
         lambda_histogram=args.lambda_histogram, extra_a=list(args.extra_a), extra_b=list(args.extra_b),
         intensity_augment=args.intensity_augment, augment_base=args.augment_base,
-        lesion_augment=args.lesion_augment, lesion_radius=tuple(args.lesion_radius),
+        lesion_augment=args.lesion_augment, lesion_radius=tuple(args.lesion_radius), lambda_lesion=args.lambda_lesion,
         lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
         enhance=[s for s in args.enhance.split(",") if s], bias_correction=args.bias_correction, seed=args.seed,

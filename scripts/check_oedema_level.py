@@ -1,0 +1,84 @@
+"""How bright each patient's real oedema is, and how bright the fold models render it, seen and unseen (T1 -> T2).
+
+For each fold model of a leave-one-out run (one folder per held-out patient, ``RUN/<patient>/model.pt``) and each
+shared patient, the mean level inside the oedema (label 1), the core (label 2) and the white matter (the brain
+outside the lesion above its T1's 0.6 quantile) of the real T2, the model's translation and its base (the fair
+baseline: the inverted histogram match the network corrects), each image normalised to [0, 1] over the brain as
+``medsynth-eval`` does. A patient is ``unseen`` by the fold that held it out and ``seen`` by the other two.
+A reading aid for the lesion studies, not a score: the studies' PSNR and bias are in ``scripts/results``.
+
+usage: python scripts/check_oedema_level.py --run RUNS/ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052
+Prints a table and writes scripts/results/check_oedema_level_<kind>.json (machine, versions, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from medsynth.benchmark import machine, table, write_json  # noqa: E402
+from medsynth.evaluation import normalise_in_mask  # noqa: E402
+from study_cpu import DATA, held_out_case  # noqa: E402
+
+#: the brain outside the lesion above this quantile of its T1 is white matter (a T1's brightest part)
+WHITE_QUANTILE = 0.6
+
+
+def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
+    """One row per fold model x patient x region: the mean normalised level of the real T2, the model and the base."""
+    from medsynth.inference import Translator, fair_baseline_translator
+
+    cases = {p.name: held_out_case(p) for p in patients}
+    rows = []
+    for fold in patients:
+        model_path = run / fold.name / "model.pt"
+        if not model_path.exists():
+            raise SystemExit(f"error: {model_path}: no fold model (run the study first)")
+        model = Translator.from_file(model_path, device="cpu")
+        base = fair_baseline_translator(model_path, device="cpu")
+        for name, (t1, t2, regions) in cases.items():
+            brain = regions["brain"]
+            white = brain & ~regions["lesion"] & (t1.array > np.quantile(t1.array[brain], WHITE_QUANTILE))
+            images = {"real": t2.array,
+                      "model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
+                      "base": base.translate_array(t1.array, t1.affine, "t1-to-t2")}
+            normalised = {k: normalise_in_mask(v, brain) for k, v in images.items()}
+            for region, where in (("oedema", regions["oedema"]), ("core", regions["core"]), ("white matter", white)):
+                if not (where & brain).any():
+                    continue
+                rows.append({"fold": fold.name, "patient": name, "seen": name != fold.name, "region": region,
+                             **{k: float(v[where & brain].mean()) for k, v in normalised.items()}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="a leave-one-out run: one folder per held-out patient")
+    p.add_argument("--data", type=Path, default=DATA, help="the shared patients (default: %(default)s)")
+    args = p.parse_args(argv)
+    patients = sorted(d for d in args.data.iterdir() if (d / "t1.nii.gz").exists())
+    if not patients:
+        print(f"error: {args.data}: no patients (folders with t1.nii.gz and t2.nii.gz)", file=sys.stderr)
+        return 2
+    rows = levels(args.run, patients)
+    shown = [{"patient": r["patient"], "fold model": r["fold"], "seen": "seen" if r["seen"] else "UNSEEN",
+              "region": r["region"], "real T2": round(r["real"], 3), "model": round(r["model"], 3),
+              "base": round(r["base"], 3)} for r in rows]
+    print(table(shown, list(shown[0])))
+    path = write_json("check_oedema_level", {
+        "machine": machine(), "run": str(args.run), "white_quantile": WHITE_QUANTILE,
+        "normalisation": "each image to [0, 1] by its 0.5/99.5 percentiles over the brain", "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
