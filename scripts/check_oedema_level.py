@@ -8,7 +8,8 @@ baseline: the inverted histogram match the network corrects), each image normali
 A reading aid for the lesion studies, not a score: the studies' PSNR and bias are in ``scripts/results``.
 
 usage: python scripts/check_oedema_level.py --run RUNS/ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052
-Prints a table and writes scripts/results/check_oedema_level_<kind>.json (machine, versions, figures).
+Prints a table and writes scripts/results/<--name, default check_oedema_level>_<kind>.json (machine, versions,
+figures).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", type=Path, required=True, help="a leave-one-out run: one folder per held-out patient")
     p.add_argument("--data", type=Path, default=DATA, help="the shared patients (default: %(default)s)")
+    p.add_argument("--name", default="check_oedema_level", help="results file name (default: %(default)s)")
     args = p.parse_args(argv)
     patients = sorted(d for d in args.data.iterdir() if (d / "t1.nii.gz").exists())
     if not patients:
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
               "region": r["region"], "real T2": round(r["real"], 3), "model": round(r["model"], 3),
               "base": round(r["base"], 3)} for r in rows]
     print(table(shown, list(shown[0])))
-    path = write_json("check_oedema_level", {
+    path = write_json(args.name, {
         "machine": machine(), "run": str(args.run), "white_quantile": WHITE_QUANTILE,
         "normalisation": "each image to [0, 1] by its 0.5/99.5 percentiles over the brain", "rows": rows})
     print(f"wrote {path}")
