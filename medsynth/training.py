@@ -506,7 +506,7 @@ class Trainer:
         if config.threads is not None and config.threads < 1:
             raise InputError("--threads", f"{config.threads} must be at least 1")
         for option in ("lambda_adv", "lambda_cycle", "lambda_identity", "lambda_paired", "lambda_ssim",
-                       "lambda_histogram"):
+                       "lambda_histogram", "lambda_lesion"):
             value = getattr(config, option)
             if not math.isfinite(value) or value < 0:
                 raise InputError(f"--{option.replace('_', '-')}", f"{value:g} must be a finite number, not negative")
@@ -528,19 +528,17 @@ class Trainer:
             raise InputError("--base-smooth", "smoothing the base is for residual generators: add --residual invert")
         if not 0.0 <= config.lesion_augment <= 1.0:
             raise InputError("--lesion-augment", f"{config.lesion_augment:g} is not a probability (0 to 1)")
-        if not math.isfinite(config.lambda_lesion) or config.lambda_lesion < 0:
-            raise InputError("--lambda-lesion", f"{config.lambda_lesion:g} must be a finite number, not negative")
-        if config.lambda_lesion > 0 and not (config.paired and config.lesion_augment > 0):
-            raise InputError("--lambda-lesion", "weighs the synthetic lesions of paired training: add --paired and "
-                                                "--lesion-augment P")
+        if config.lambda_lesion > 0 and not (config.paired and config.lesion_augment > 0 and config.lambda_paired > 0):
+            raise InputError("--lambda-lesion", "weighs the synthetic lesions of paired training: it needs --paired, "
+                                                "--lesion-augment P and --lambda-paired above 0")
         if config.bias_correction not in BIAS_CORRECTIONS:
             raise InputError("--bias-correction", f"{config.bias_correction!r} is not one of "
                                                   f"{', '.join(BIAS_CORRECTIONS)}")
         radius = tuple(config.lesion_radius)
         if (len(radius) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in radius)
                 or not 0 < radius[0] <= radius[1]):
-            raise InputError("--lesion-radius", f"{' '.join(map(str, radius))} is not two radii in pixels, "
-                                                "0 < MIN <= MAX")
+            shown = " ".join(f"{r:g}" if isinstance(r, (int, float)) else repr(r) for r in radius)
+            raise InputError("--lesion-radius", f"{shown} is not two radii in pixels, 0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):

@@ -29,7 +29,9 @@ from medsynth.benchmark import machine, table, write_json  # noqa: E402
 from medsynth.evaluation import normalise_in_mask  # noqa: E402
 from study_cpu import DATA, held_out_case  # noqa: E402
 
-#: the brain outside the lesion above this quantile of its T1 is white matter (a T1's brightest part)
+#: the brain outside the lesion above this quantile of its T1 is white matter (a T1's brightest part). Stricter
+#: than the synthetic lesions' 0.55 (``medsynth.lesions.WHITE_QUANTILE``, which places blobs per slice): a level
+#: read over a whole volume should hold white matter only, not its border with grey matter
 WHITE_QUANTILE = 0.6
 
 
@@ -41,8 +43,6 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for fold in patients:
         model_path = run / fold.name / "model.pt"
-        if not model_path.exists():
-            raise SystemExit(f"error: {model_path}: no fold model (run the study first)")
         model = Translator.from_file(model_path, device="cpu")
         base = fair_baseline_translator(model_path, device="cpu")
         for name, (t1, t2, regions) in cases.items():
@@ -66,11 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA, help="the shared patients (default: %(default)s)")
     p.add_argument("--name", default="check_oedema_level", help="results file name (default: %(default)s)")
     args = p.parse_args(argv)
-    patients = sorted(d for d in args.data.iterdir() if (d / "t1.nii.gz").exists())
+    patients = sorted(d for d in args.data.iterdir() if (d / "t1.nii.gz").exists()) if args.data.is_dir() else []
     if not patients:
         print(f"error: {args.data}: no patients (folders with t1.nii.gz and t2.nii.gz)", file=sys.stderr)
         return 2
+    # every fold model before any conversion: a missing one would otherwise stop the run folds later
+    missing = [p.name for p in patients if not (args.run / p.name / "model.pt").is_file()]
+    if missing:
+        print(f"error: {args.run}: no fold model (<patient>/model.pt) for {', '.join(missing)}", file=sys.stderr)
+        return 2
     rows = levels(args.run, patients)
+    if not rows:
+        print(f"error: {args.data}: no patient has a lesion mask with an oedema, a core or white matter",
+              file=sys.stderr)
+        return 2
     shown = [{"patient": r["patient"], "fold model": r["fold"], "seen": "seen" if r["seen"] else "UNSEEN",
               "region": r["region"], "real T2": round(r["real"], 3), "model": round(r["model"], 3),
               "base": round(r["base"], 3)} for r in rows]

@@ -3,9 +3,9 @@ and the one that did not."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import nibabel as nib
 import numpy as np
@@ -15,11 +15,11 @@ from conftest import load_script, phantom, write_residual_model
 
 
 @pytest.fixture(scope="module")
-def co():
+def co() -> ModuleType:
     return load_script("check_oedema_level")
 
 
-def _patients(tmp_path: Path, monkeypatch, co) -> tuple[Path, list[Path]]:
+def _patients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, co: ModuleType) -> tuple[Path, list[Path]]:
     """Two synthetic patients with an oedema (and one with a core) whose real T2 is bright there."""
     data, lesions = tmp_path / "data", tmp_path / "lesions"
     lesions.mkdir(parents=True)
@@ -40,7 +40,8 @@ def _patients(tmp_path: Path, monkeypatch, co) -> tuple[Path, list[Path]]:
     return data, sorted(data.iterdir())
 
 
-def test_every_fold_model_reads_every_patient_seen_and_unseen(co, tmp_path: Path, monkeypatch) -> None:
+def test_every_fold_model_reads_every_patient_seen_and_unseen(co: ModuleType, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from medsynth.evaluation import normalise_in_mask
 
     data, patients = _patients(tmp_path, monkeypatch, co)
@@ -75,11 +76,17 @@ def test_every_fold_model_reads_every_patient_seen_and_unseen(co, tmp_path: Path
     assert any(abs(r["model"] - r["base"]) > 1e-3 for r in rows if r["fold"] == "p2")
 
 
-def test_bad_inputs_stop_with_one_line(co, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_bad_inputs_stop_with_one_line(co: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert co.main(["--run", str(tmp_path), "--data", str(empty)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {empty}: no patients (folders with t1.nii.gz and t2.nii.gz)"
+    for data in (empty, tmp_path / "absent"):
+        assert co.main(["--run", str(tmp_path), "--data", str(data)]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {data}: no patients (folders with t1.nii.gz and t2.nii.gz)"
     data, patients = _patients(tmp_path, monkeypatch, co)
-    with pytest.raises(SystemExit, match="no fold model"):
-        co.main(["--run", str(tmp_path / "missing"), "--data", str(data)])
+    run = tmp_path / "run"
+    (run / "p1").mkdir(parents=True)
+    write_residual_model(run / "p1" / "model.pt")
+    # found before any conversion, every missing fold named
+    assert co.main(["--run", str(run), "--data", str(data)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {run}: no fold model (<patient>/model.pt) for p2"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -10,6 +11,10 @@ import pytest
 import torch
 
 from medsynth.lesions import paste_lesions
+
+if TYPE_CHECKING:
+    from medsynth.config import ModelConfig
+    from medsynth.training import DomainData
 
 
 def residual_pair(size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,24 +55,34 @@ def test_blobs_are_dark_in_t1_bright_in_t2_and_the_base_follows() -> None:
     assert torch.equal(again[0], a2) and torch.equal(again[1], b2)
 
 
-def test_training_samples_get_blobs_only_when_asked(tmp_path: Path) -> None:
+def _paired_domains(folder: Path, shape: tuple[int, int, int], size: int
+                    ) -> tuple[DomainData, DomainData, ModelConfig, list[tuple[int, int]]]:
+    """Two registered phantom pairs (T2 the T1 inverted) written to ``folder``: their domains, a tiny residual
+    model configuration and the pairs, as training prepares them for ``size`` px crops."""
     from conftest import phantom
 
     from medsynth.config import ModelConfig, TrainConfig
-    from medsynth.training import DomainData, SliceDataset, prepare_domains
+    from medsynth.training import DomainData, prepare_domains
 
     for i in range(2):
-        t1 = phantom((30, 34, 12), i, "t1")
+        t1 = phantom(shape, i, "t1")
         for name, data in (("t1", t1), ("t2", np.where(t1 > 0, 2000.0 - t1, 0).astype(np.float32))):
-            path = tmp_path / name / f"case{i}_{name}.nii.gz"
+            path = folder / name / f"case{i}_{name}.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
-    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
+    a = DomainData(sorted((folder / "t1").glob("*.nii.gz")), progress=False)
+    b = DomainData(sorted((folder / "t2").glob("*.nii.gz")), progress=False)
     model = ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base")
-    plain_config = TrainConfig(size=24, paired=True, model=model)
-    pairs, _ = prepare_domains(a, b, plain_config)
-    plain = SliceDataset(a, b, plain_config, pairs)
+    pairs, _ = prepare_domains(a, b, TrainConfig(size=size, paired=True, model=model))
+    return a, b, model, pairs
+
+
+def test_training_samples_get_blobs_only_when_asked(tmp_path: Path) -> None:
+    from medsynth.config import TrainConfig
+    from medsynth.training import SliceDataset
+
+    a, b, model, pairs = _paired_domains(tmp_path, (30, 34, 12), 24)
+    plain = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model), pairs)
     # the darkest T1 levels and no cores, so that the T1 gets darker wherever a blob lands
     blobs = SliceDataset(a, b, TrainConfig(size=24, paired=True, model=model, lesion_augment=1.0,
                                            lesion_dark=(0.0, 0.05), lesion_core=0.0), pairs)
@@ -165,21 +180,10 @@ def test_white_site_puts_oedema_in_white_matter_and_spares_the_cortex() -> None:
 
 def test_lesion_radius_reaches_the_training_blobs_and_the_saved_config(tmp_path: Path) -> None:
     """``--lesion-radius`` sizes the blobs a training sample gets, and survives the config's JSON."""
-    from conftest import phantom
+    from medsynth.config import TrainConfig
+    from medsynth.training import SliceDataset
 
-    from medsynth.config import ModelConfig, TrainConfig
-    from medsynth.training import DomainData, SliceDataset, prepare_domains
-
-    for i in range(2):
-        t1 = phantom((64, 64, 10), i, "t1")
-        for name, data in (("t1", t1), ("t2", np.where(t1 > 0, 2000.0 - t1, 0).astype(np.float32))):
-            path = tmp_path / name / f"case{i}_{name}.nii.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    a = DomainData(sorted((tmp_path / "t1").glob("*.nii.gz")), progress=False)
-    b = DomainData(sorted((tmp_path / "t2").glob("*.nii.gz")), progress=False)
-    model = ModelConfig(generator="resnet6", ngf=4, residual="invert", residual_input="base")
-    pairs, _ = prepare_domains(a, b, TrainConfig(size=48, paired=True, model=model))
+    a, b, model, pairs = _paired_domains(tmp_path, (64, 64, 10), 48)
     plain = SliceDataset(a, b, TrainConfig(size=48, paired=True, model=model), pairs)
 
     def changed_area(radius: tuple[float, float]) -> float:
@@ -210,3 +214,31 @@ def test_the_lesion_weight_is_where_the_images_changed() -> None:
         assert torch.equal(same[0], na) and torch.equal(same[1], nb)
     empty = torch.full_like(a, -1.0)
     assert float(paste_lesions(empty, empty, np.random.default_rng(0), return_weight=True)[2].abs().sum()) == 0.0
+
+
+def test_training_samples_carry_where_their_lesion_is_through_flips_and_batches(tmp_path: Path) -> None:
+    """With ``lambda_lesion``, every paired sample carries ``lesion``: zeros without a lesion, positive wherever the
+    lesion changed the images (after the crop, flip and affine, which come first), and the batches collate."""
+    from medsynth.config import TrainConfig
+    from medsynth.training import SliceDataset
+
+    a, b, model, pairs = _paired_domains(tmp_path, (30, 34, 12), 24)
+    options = {"size": 24, "paired": True, "model": model, "flip": True, "augment": True}
+    plain = SliceDataset(a, b, TrainConfig(**options), pairs)
+    weighed = SliceDataset(a, b, TrainConfig(**options, lesion_augment=0.5, lambda_lesion=10.0), pairs)
+    with_lesion = without = 0
+    for k in range(12):
+        p, q = plain[k], weighed[k]
+        assert q["lesion"].shape == (1, 24, 24) and q["lesion"].dtype == torch.float32
+        changed = ((q["a"][0] - p["a"][0]).abs() > 1e-6) | ((q["b"][0] - p["b"][0]).abs() > 1e-6)
+        if changed.any():
+            with_lesion += 1
+            assert bool((q["lesion"][0][changed] > 0).all())
+        else:
+            without += 1
+            assert float(q["lesion"].abs().sum()) == 0.0
+    assert with_lesion and without
+    # without the lesion term the samples carry no weight
+    assert "lesion" not in SliceDataset(a, b, TrainConfig(**options, lesion_augment=0.5), pairs)[0]
+    batch = next(iter(torch.utils.data.DataLoader(weighed, batch_size=4)))
+    assert batch["lesion"].shape == (4, 1, 24, 24) and batch["a"].shape[0] == 4

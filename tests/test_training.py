@@ -143,14 +143,14 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
     assert "error: --pool-size: -1 must not be negative" in _bad(tmp_path, capsys, [t1], [t2], ("--pool-size", "-1"))
     assert "error: --lesion-augment: 1.5 is not a probability (0 to 1)" in _bad(tmp_path, capsys, [t1], [t2],
                                                                               ("--lesion-augment", "1.5"))
-    assert "error: --lambda-lesion: weighs the synthetic lesions of paired training: add --paired and --lesion-augment P" \
-        in _bad(tmp_path, capsys, [t1], [t2], ("--lambda-lesion", "10"))
+    assert ("error: --lambda-lesion: weighs the synthetic lesions of paired training: it needs --paired, "
+            "--lesion-augment P and --lambda-paired above 0") in _bad(tmp_path, capsys, [t1], [t2], ("--lambda-lesion", "10"))
     assert "error: --lambda-lesion: -1 must be a finite number, not negative" in _bad(
         tmp_path, capsys, [t1], [t2], ("--lambda-lesion", "-1"))
-    assert "error: --lesion-radius: 16.0 4.0 is not two radii in pixels, 0 < MIN <= MAX" in _bad(
+    assert "error: --lesion-radius: 16 4 is not two radii in pixels, 0 < MIN <= MAX" in _bad(
         tmp_path, capsys, [t1], [t2], ("--lesion-radius", "16", "4"))
-    assert "error: --lesion-radius: 0.0 8.0 is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "0", "8"))
-    assert "error: --lesion-radius: 4.0 inf is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "4", "inf"))
+    assert "error: --lesion-radius: 0 8 is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "0", "8"))
+    assert "error: --lesion-radius: 4 inf is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "4", "inf"))
     with pytest.raises(SystemExit) as stop:
         train_main(["--t1", t1, "--t2", t2, "--out", str(tmp_path / "site"), "--lesion-site", "grey"])
     assert stop.value.code == 2 and "invalid choice: 'grey'" in capsys.readouterr().err
@@ -526,6 +526,28 @@ def test_context_run_trains_on_neighbouring_slices_and_converts(tmp_path: Path,
     out = translator.translate(files_a[0], axis="all")
     assert out.array.shape == (30, 34, 12) and np.isfinite(out.array).all()
     assert translator.config.model.context == 1 and translator.config.model.gate_scale == 10
+
+
+def test_lesion_term_trains_a_residual_model_and_is_logged(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--lambda-lesion`` end to end: the residual generators the study uses (the term compares the standardised
+    channel), every sample lesioned, the plan line naming the term and TensorBoard holding its two losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for i in range(2):
+        _pair(tmp_path, f"case{i}", seed=i)
+    run = tmp_path / "run"
+    code = train_main(["--t1", str(tmp_path / "t1"), "--t2", str(tmp_path / "t2"), "--out", str(run), *TINY,
+                       "--steps", "2", "--log-every", "1", "--paired", "--residual", "invert", "--residual-input",
+                       "base", "--intensity-augment", "--lambda-adv", "0", "--lambda-cycle", "0",
+                       "--lesion-augment", "1", "--lambda-lesion", "10"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "+ lesion L1 x 10 (2 pairs)" in err
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if "lesion" in t]
+    assert len(tags) == 2 and all(events.Scalars(t)[-1].value > 0 for t in tags), tags
 
 
 # ------------------------------------------------------------------------- multi-planar training (--axis all)
