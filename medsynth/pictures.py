@@ -432,6 +432,7 @@ def write_volume_preview(path: str | Path, panels: Sequence[tuple[str, np.ndarra
                            "0.5-99.5 percentiles"]
     width = 2.6 * len(columns) + 0.3
     # a note wider than the figure is wrapped (about 0.55 em per character at 8.5 pt), not cut at its edges
+    # (line, whether it belongs to one of the notes that matter: all but the last, the reading guide)
     lines = [(line, i < len(notes) - 1) for i, note in enumerate(notes)
              for line in textwrap.wrap(note, max(40, int(width * 72 / (8.5 * 0.55))))]
     foot = 0.2 * len(lines) + 0.1
@@ -455,10 +456,10 @@ def write_volume_preview(path: str | Path, panels: Sequence[tuple[str, np.ndarra
                 ax.set_ylabel(view, color="white", fontsize=10)
                 drawn_rows.append(ax.get_ylabel())
     height = fig.get_figheight()
-    for i, (line, first) in enumerate(lines):
+    for i, (line, matters) in enumerate(lines):
         # the first notes are the ones that matter: brighter, and nearer the panels
         fig.text(0.5, (foot - 0.2 * (i + 0.5) - 0.05) / height, line, ha="center", va="center",
-                 fontsize=8.5 if first else 7.5, color="#ffd27f" if first else "0.65")
+                 fontsize=8.5 if matters else 7.5, color="#ffd27f" if matters else "0.65")
     fig.suptitle(title, color="white", fontsize=11)
     fig.tight_layout(rect=(0, foot / height, 1, 1))
     buf = _stdio.BytesIO()

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from medsynth.benchmark import machine, table, write_json  # noqa: E402
 from medsynth.evaluation import normalise_in_mask  # noqa: E402
-from study_cpu import DATA, held_out_case  # noqa: E402
+from study_cpu import DATA, cases, held_out_case  # noqa: E402
 
 #: the brain outside the lesion above this quantile of its T1 is white matter (a T1's brightest part). Stricter
 #: than the synthetic lesions' 0.55 (``medsynth.lesions.WHITE_QUANTILE``, which places blobs per slice): a level
@@ -39,24 +39,28 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
     """One row per fold model x patient x region: the mean normalised level of the real T2, the model and the base."""
     from medsynth.inference import Translator, fair_baseline_translator
 
-    cases = {p.name: held_out_case(p) for p in patients}
+    # what does not depend on the fold model, once per patient: its T1, the regions and the real T2's levels
+    read = {}
+    for p in patients:
+        t1, t2, regions = held_out_case(p)
+        brain = regions["brain"]
+        white = brain & ~regions["lesion"] & (t1.array > np.quantile(t1.array[brain], WHITE_QUANTILE))
+        where = {r: w & brain for r, w in (("oedema", regions["oedema"]), ("core", regions["core"]),
+                                           ("white matter", white)) if (w & brain).any()}
+        real = normalise_in_mask(t2.array, brain)
+        read[p.name] = (t1, brain, where, {r: float(real[w].mean()) for r, w in where.items()})
     rows = []
     for fold in patients:
         model_path = run / fold.name / "model.pt"
         model = Translator.from_file(model_path, device="cpu")
         base = fair_baseline_translator(model_path, device="cpu")
-        for name, (t1, t2, regions) in cases.items():
-            brain = regions["brain"]
-            white = brain & ~regions["lesion"] & (t1.array > np.quantile(t1.array[brain], WHITE_QUANTILE))
-            images = {"real": t2.array,
-                      "model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
+        for name, (t1, brain, where, real) in read.items():
+            images = {"model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
                       "base": base.translate_array(t1.array, t1.affine, "t1-to-t2")}
             normalised = {k: normalise_in_mask(v, brain) for k, v in images.items()}
-            for region, where in (("oedema", regions["oedema"]), ("core", regions["core"]), ("white matter", white)):
-                if not (where & brain).any():
-                    continue
+            for region, w in where.items():
                 rows.append({"fold": fold.name, "patient": name, "seen": name != fold.name, "region": region,
-                             **{k: float(v[where & brain].mean()) for k, v in normalised.items()}})
+                             "real": real[region], **{k: float(v[w].mean()) for k, v in normalised.items()}})
     return rows
 
 
@@ -66,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA, help="the shared patients (default: %(default)s)")
     p.add_argument("--name", default="check_oedema_level", help="results file name (default: %(default)s)")
     args = p.parse_args(argv)
-    patients = sorted(d for d in args.data.iterdir() if (d / "t1.nii.gz").exists()) if args.data.is_dir() else []
+    patients = cases(args.data) if args.data.is_dir() else []
     if not patients:
         print(f"error: {args.data}: no patients (folders with t1.nii.gz and t2.nii.gz)", file=sys.stderr)
         return 2

@@ -248,9 +248,9 @@ def train_on(recipe: str) -> str:
     return RECIPES.get(recipe, {}).get("train_on", "others")
 
 
-def cases() -> list[Path]:
-    """The shared paired patients (folders holding t1.nii.gz and t2.nii.gz)."""
-    return sorted(p for p in DATA.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
+def cases(data: Path = DATA) -> list[Path]:
+    """The paired patients of ``data``, by default the shared ones (folders holding t1.nii.gz and t2.nii.gz)."""
+    return sorted(p for p in data.iterdir() if (p / "t1.nii.gz").exists() and (p / "t2.nii.gz").exists())
 
 
 #: extra training pairs a recipe may name (``extra_pairs``): name -> (the script module whose

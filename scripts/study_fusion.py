@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -196,9 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figure", default=None, metavar="PATIENT",
                    help="also draw this held-out patient's lesion (first seed's fold): results/study_fusion.png")
     args = p.parse_args(argv)
-    import torch
-
     import medsynth
+    from medsynth.benchmark import machine
 
     seeds: dict[str, dict[str, dict[str, Any]]] = {}
     for item in args.runs:
@@ -212,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     complete = len(seeds) >= 2 and all(len(f) == len(cases()) for f in seeds.values())
     # the rule is read on whole seeds only: a missing fold or seed would decide on part of the evidence
     rule = read_rule(seed_means) if complete else None
-    result: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(),
-                                          "threads": torch.get_num_threads(), "python": platform.python_version(),
-                                          "torch": torch.__version__, "medsynth": medsynth.__version__},
+    result: dict[str, Any] = {"machine": machine() | {"medsynth": medsynth.__version__},
                               "runs": args.runs, "means": seed_means, "folds": seeds, "rule": rule}
     if args.check:
         first = next(iter(seeds))
