@@ -21,6 +21,9 @@ from medsynth.networks import build_discriminator, build_generator, init_weights
 
 MODEL_FORMAT = "medsynth-model"
 MODEL_VERSION = 1
+#: a loss key that starts with it counts the steps its term applies to (``_steps_lesion_a``: the steps whose batch had
+#: a lesion); the training log averages that term over those steps, and logs nothing for a window without any
+COUNT_PREFIX = "_steps_"
 
 
 class ImagePool:
@@ -244,6 +247,9 @@ class CycleGAN(nn.Module):
                 area = w.sum().clamp_min(1.0)
                 losses["lesion_b"] = (w * (paired_b - _loss_image(target_b)).abs()).sum() / area * c.lambda_lesion
                 losses["lesion_a"] = (w * (paired_a - _loss_image(target_a)).abs()).sum() / area * c.lambda_lesion
+                # whether this step had a lesion to weigh: the log averages the term over such steps only
+                lesioned = (w.sum() > 0).float()
+                losses[COUNT_PREFIX + "lesion_b"] = losses[COUNT_PREFIX + "lesion_a"] = lesioned
             if c.lambda_histogram > 0:
                 # where both images of the pair are tissue: the translation's background is the source's
                 losses["hist_b"] = histogram_loss(paired_b, _loss_image(target_b),

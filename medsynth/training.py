@@ -541,6 +541,12 @@ class Trainer:
             raise InputError("--lesion-radius", f"{shown} is not two radii in pixels, 0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
+        if config.lesion_augment == 0:
+            # shaping lesions that are never pasted would be silently ignored
+            for option, given, default in (("--lesion-radius", radius, TrainConfig.lesion_radius),
+                                           ("--lesion-site", config.lesion_site, TrainConfig.lesion_site)):
+                if given != default:
+                    raise InputError(option, "shapes the synthetic lesions: it needs --lesion-augment P above 0")
         if config.model.context and (config.model.residual != "invert" or config.model.residual_input != "base"):
             raise InputError("--context", "2.5D context is for residual generators that see the base: add "
                                           "--residual invert --residual-input base")
@@ -689,6 +695,7 @@ class Trainer:
         bar = self._bar(start, config.total_steps)
         step = start
         running: dict[str, torch.Tensor] = {}
+        counted: dict[str, torch.Tensor] = {}
         tic = time.perf_counter()
         self._train_seconds = float(self._train_seconds_at_start)
         self._catch_interrupt()
@@ -711,14 +718,12 @@ class Trainer:
             self._train_seconds += time.perf_counter() - t_resume
             if self.dist.main and self._plan.observe(step):
                 self._say(self._plan.estimate_line())
-            for key, value in losses.items():
-                if not key.startswith("_"):
-                    running[key] = running.get(key, 0) + value
+            accumulate(losses, running, counted)
             if step % config.log_every == 0 or step == config.total_steps:
                 n = config.log_every if step % config.log_every == 0 else step % config.log_every
                 # the only host-device sync of the loop, every log_every steps
-                values = {k: float(v) / n for k, v in running.items()}
-                running = {}
+                values = window_means(running, counted, n)
+                running, counted = {}, {}
                 elapsed = time.perf_counter() - tic
                 tic = time.perf_counter()
                 if writer is not None:
@@ -1070,6 +1075,40 @@ class Plan:
         seconds = (self.seconds_per_step or 0.0) * remaining
         return (f"estimate: {self.seconds_per_step:.3f} s/step, about {format_duration(seconds)} for the "
                 f"{remaining} steps (validation, samples and checkpoints extra)")
+
+
+def accumulate(losses: dict[str, torch.Tensor], sums: dict[str, Any], counts: dict[str, Any]) -> None:
+    """Add one step's losses to a logging window's ``sums``, and its step counts (the keys under
+    :data:`medsynth.cyclegan.COUNT_PREFIX`) to ``counts``; other keys starting with ``_`` are not logged. Tensors stay
+    on their device: the window is read once, by :func:`window_means`."""
+    from medsynth.cyclegan import COUNT_PREFIX
+
+    for key, value in losses.items():
+        if key.startswith(COUNT_PREFIX):
+            name = key[len(COUNT_PREFIX):]
+            counts[name] = counts.get(name, 0) + value
+        elif not key.startswith("_"):
+            sums[key] = sums.get(key, 0) + value
+
+
+def window_means(sums: dict[str, Any], counts: dict[str, Any], steps: int) -> dict[str, float]:
+    """Each loss term's mean over a logging window of ``steps`` steps.
+
+    A term that only some steps have (the lesion L1: the batches with a lesion; its step counts come with the
+    losses under :data:`medsynth.cyclegan.COUNT_PREFIX`) is averaged over those steps, not diluted by the others,
+    and left out of a window that had none of them.
+
+    Args:
+        sums: each term summed over the window's steps.
+        counts: for the terms that count their steps, how many of the window's steps had them.
+        steps: the window's steps.
+    """
+    means = {}
+    for key, total in sums.items():
+        n = float(counts[key]) if key in counts else steps
+        if n > 0:
+            means[key] = float(total) / n
+    return means
 
 
 def format_duration(seconds: float) -> str:

@@ -199,6 +199,9 @@ def test_lesion_term_is_the_weighted_mean_error_inside_the_lesions_and_trains_th
     # no lesion in the batch: the term is there and zero
     none = fresh.train_step(a, b, *fresh.optimizers(), target_a=a, target_b=b, lesion=torch.zeros_like(lesion))
     assert float(none["lesion_a"]) == float(none["lesion_b"]) == 0.0
+    # each step says whether it had a lesion, so that the log averages the term over those steps only
+    assert float(first["_steps_lesion_b"]) == float(first["_steps_lesion_a"]) == 1.0
+    assert float(none["_steps_lesion_b"]) == float(none["_steps_lesion_a"]) == 0.0
     # off by default, and without weights
     plain = CycleGAN(tiny_config(paired=True, lambda_adv=0.0, lambda_cycle=0.0))
     assert "lesion_b" not in plain.train_step(a, b, *plain.optimizers(), target_a=a, target_b=b, lesion=lesion)

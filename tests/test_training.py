@@ -151,6 +151,10 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
         tmp_path, capsys, [t1], [t2], ("--lesion-radius", "16", "4"))
     assert "error: --lesion-radius: 0 8 is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "0", "8"))
     assert "error: --lesion-radius: 4 inf is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "4", "inf"))
+    # shaping lesions that are never pasted is refused, not ignored
+    for option in (("--lesion-radius", "4", "32"), ("--lesion-site", "white")):
+        assert (f"error: {option[0]}: shapes the synthetic lesions: it needs --lesion-augment P above 0"
+                in _bad(tmp_path, capsys, [t1], [t2], option))
     with pytest.raises(SystemExit) as stop:
         train_main(["--t1", t1, "--t2", t2, "--out", str(tmp_path / "site"), "--lesion-site", "grey"])
     assert stop.value.code == 2 and "invalid choice: 'grey'" in capsys.readouterr().err
@@ -548,6 +552,25 @@ def test_lesion_term_trains_a_residual_model_and_is_logged(tmp_path: Path,
     events.Reload()
     tags = [t for t in events.Tags()["scalars"] if "lesion" in t]
     assert len(tags) == 2 and all(events.Scalars(t)[-1].value > 0 for t in tags), tags
+
+
+def test_window_means_average_a_counted_term_over_its_own_steps() -> None:
+    """The lesion L1 of a logging window is its mean over the steps with a lesion (the others add zero to its sum);
+    every other term is averaged over the whole window, and a counted term no step had is not logged."""
+    from medsynth.cyclegan import COUNT_PREFIX
+    from medsynth.training import accumulate, window_means
+
+    steps = [{"paired_b": torch.tensor(0.4), "lesion_b": torch.tensor(0.6), COUNT_PREFIX + "lesion_b": torch.tensor(1.0)},
+             {"paired_b": torch.tensor(0.2), "lesion_b": torch.tensor(0.0), COUNT_PREFIX + "lesion_b": torch.tensor(0.0)},
+             {"paired_b": torch.tensor(0.3), "lesion_b": torch.tensor(0.3), COUNT_PREFIX + "lesion_b": torch.tensor(1.0)},
+             {"paired_b": torch.tensor(0.1), "lesion_b": torch.tensor(0.0), COUNT_PREFIX + "lesion_b": torch.tensor(0.0)}]
+    sums: dict = {}
+    counts: dict = {}
+    for losses in steps:
+        accumulate(losses, sums, counts)
+    means = window_means(sums, counts, len(steps))
+    assert means["paired_b"] == pytest.approx(0.25) and means["lesion_b"] == pytest.approx(0.45)
+    assert window_means({"lesion_b": torch.tensor(0.0)}, {"lesion_b": torch.tensor(0.0)}, 4) == {}
 
 
 # ------------------------------------------------------------------------- multi-planar training (--axis all)
