@@ -21,7 +21,11 @@ Rows (the packaged model unless ``--model``; the packaged 240 x 240 x 155 sample
 ``--against OLD_MODEL`` instead only times ``medsynth-convert`` with both models, alternately, and writes
 ``bench_convert_against_<kind>.json`` (a new packaged model must convert within 20 % of the one before it).
 
-usage: python scripts/bench_convert.py [--model M] [--against OLD_MODEL] [--repeats 2] [--big] [--device cpu]
+``--fuse detail`` (or ``median``) fuses the ``all`` rows that way instead of the default ``mean``; their files are
+then named ``bench_convert_fuse_<fusion>_<kind>.json`` (and ``bench_convert_against_fuse_<fusion>_...``), so a
+fusion's timing does not overwrite the default's.
+
+usage: python scripts/bench_convert.py [--model M] [--against OLD_MODEL] [--fuse F] [--repeats 2] [--big] [--device cpu]
 Prints a table and writes scripts/results/bench_convert_<kind>.json (kind: gpu, cpu = a CPU with native bf16,
 cpu_fp32 = one without) and bench_convert_bf16_diff_<kind>.png.
 """
@@ -48,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 from medsynth.benchmark import (count_flops, host_kind, machine, matmul_peak_gflops, sync, table,  # noqa: E402
                                 write_json)
 from medsynth.devices import set_threads  # noqa: E402
+from medsynth.fusion import DEFAULT_FUSION, FUSIONS  # noqa: E402
 from medsynth.inference import Translator, default_model_path  # noqa: E402
 
 AXIS_SLICES = {"axial": 2, "coronal": 1, "sagittal": 0}
@@ -87,12 +92,14 @@ def naive_loop(translator: Translator, volume: np.ndarray, direction: str) -> fl
         torch.set_num_threads(threads)
 
 
-def convert_process(src: Path, axis: str, model: str | None, device: str, precision: str) -> dict:
-    """The whole ``medsynth-convert`` process: wall seconds and its peak resident memory."""
+def convert_process(src: Path, axis: str, model: str | None, device: str, precision: str,
+                    fuse: str = DEFAULT_FUSION) -> dict:
+    """The whole ``medsynth-convert`` process: wall seconds and its peak resident memory (``fuse``: how
+    ``axis="all"`` combines its passes)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.nii.gz"
         cmd = [sys.executable, "-m", "medsynth", "convert", str(src), str(out), "--axis", axis, "--device", device,
-               "--precision", precision, "--progress", "lines"]  # as the Slicer module runs it
+               "--precision", precision, "--fuse", fuse, "--progress", "lines"]  # as the Slicer module runs it
         if model:
             cmd += ["--model", model]
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -106,7 +113,7 @@ def convert_process(src: Path, axis: str, model: str | None, device: str, precis
 
 
 def server_round_trips(src: Path, axes: tuple[str, ...], model: str | None, device: str, precision: str,
-                       repeats: int) -> dict[str, float]:
+                       repeats: int, fuse: str = DEFAULT_FUSION) -> dict[str, float]:
     """Best client round trip (upload, translation, answer written) per axis through a real ``medsynth-serve``
     on 127.0.0.1: the start-up and model loading are paid once, as by a Slicer user who keeps a local server."""
     import socket
@@ -140,7 +147,7 @@ def server_round_trips(src: Path, axes: tuple[str, ...], model: str | None, devi
                 times = []
                 for _ in range(repeats):
                     tic = time.perf_counter()
-                    remote_translate(url, src, out, axis=axis)
+                    remote_translate(url, src, out, axis=axis, fuse=fuse)
                     times.append(time.perf_counter() - tic)
                 best[axis] = min(times)
         return best
@@ -150,7 +157,7 @@ def server_round_trips(src: Path, axes: tuple[str, ...], model: str | None, devi
 
 
 def worker_jobs(src: Path, axes: tuple[str, ...], model: str | None, device: str, precision: str,
-                repeats: int) -> dict[str, dict]:
+                repeats: int, fuse: str = DEFAULT_FUSION) -> dict[str, dict]:
     """Best job per axis (seconds from the job line to ``DONE``, and the worker's own network seconds of that job)
     in a real ``python -m medsynth worker``, as the Slicer module runs it after its first Translate; the input is
     an uncompressed .nii copy, as the module writes."""
@@ -168,7 +175,7 @@ def worker_jobs(src: Path, axes: tuple[str, ...], model: str | None, device: str
             tic = time.perf_counter()
             network = None
             worker.stdin.write(json.dumps({"input": str(plain), "output": str(Path(tmp) / "output.nii"),
-                                           "model": model, "axis": axis}) + "\n")
+                                           "model": model, "axis": axis, "fuse": fuse}) + "\n")
             worker.stdin.flush()
             for line in worker.stdout:
                 if line.startswith("TIMING "):
@@ -189,14 +196,14 @@ def worker_jobs(src: Path, axes: tuple[str, ...], model: str | None, device: str
             worker.wait(60)
 
 
-def in_process(translator: Translator, src: Path, axis: str, direction: str) -> dict:
+def in_process(translator: Translator, src: Path, axis: str, direction: str, fuse: str = DEFAULT_FUSION) -> dict:
     """``translate_file`` in this process, split into time in the generators and time around them."""
     with tempfile.TemporaryDirectory() as tmp:
         translator.network_seconds, translator.network_pixels = 0.0, 0
         translator.time_network = True
         sync(translator.device)
         tic = time.perf_counter()
-        translator.translate_file(src, Path(tmp) / "out.nii.gz", direction, axis=axis)
+        translator.translate_file(src, Path(tmp) / "out.nii.gz", direction, axis=axis, fuse=fuse)
         sync(translator.device)
         total = time.perf_counter() - tic
     return {"in_process_seconds": total, "network_seconds": translator.network_seconds,
@@ -283,18 +290,29 @@ def precision_difference(model: str | None, device: str, src: Path, out_png: Pat
     return stats
 
 
-def compare_models(src: Path, model: str | None, against: str, device: str, precision: str, repeats: int) -> list[dict]:
+def compare_models(src: Path, model: str | None, against: str, device: str, precision: str, repeats: int,
+                   fuse: str = DEFAULT_FUSION) -> list[dict]:
     """``medsynth-convert`` with two models, whole process, axial and fused, timed alternately (so that a busy spell
     of a shared machine hits both alike), best of ``repeats`` each."""
     rows = []
     for axis in ("axial", "all"):
         mine, theirs = [], []
         for _ in range(repeats):
-            theirs.append(convert_process(src, axis, against, device, precision)["seconds"])
-            mine.append(convert_process(src, axis, model, device, precision)["seconds"])
+            theirs.append(convert_process(src, axis, against, device, precision, fuse)["seconds"])
+            mine.append(convert_process(src, axis, model, device, precision, fuse)["seconds"])
         rows.append({"axis": axis, "model_seconds": min(mine), "against_seconds": min(theirs),
                      "ratio": min(mine) / min(theirs), "model_runs": mine, "against_runs": theirs})
     return rows
+
+
+def shown(axis: str, fuse: str) -> str:
+    """The axis as a row names it: ``all`` with its fusion where that is not the default."""
+    return f"{axis} --fuse {fuse}" if axis == "all" and fuse != DEFAULT_FUSION else axis
+
+
+def named(name: str, fuse: str) -> str:
+    """A results file's name: a fusion other than the default gets files of its own."""
+    return name if fuse == DEFAULT_FUSION else f"{name}_fuse_{fuse}"
 
 
 def main() -> None:
@@ -308,6 +326,8 @@ def main() -> None:
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--fuse", choices=FUSIONS, default=DEFAULT_FUSION,
+                   help=f"how the 'all' rows fuse their three passes (default: {DEFAULT_FUSION}, as medsynth-convert)")
     p.add_argument("--tag", default=None, help="name of the difference PNG (default: the machine kind, cpu, cpu_fp32 or gpu)")
     p.add_argument("--no-server", action="store_true", help="leave out the round trips through a local medsynth-serve and the worker")
     p.add_argument("--smoke", action="store_true", help="a quick check of this script on 24 slices; writes nothing")
@@ -323,15 +343,15 @@ def main() -> None:
         nib.save(img.slicer[:, :, 60:84], small)
         src = small
     if args.against:
-        rows = compare_models(src, args.model, args.against, args.device, args.precision, args.repeats)
+        rows = compare_models(src, args.model, args.against, args.device, args.precision, args.repeats, args.fuse)
         print(f"medsynth-convert, whole process, {src.name}: {args.model or 'the packaged model'} against "
               f"{args.against}, best of {args.repeats} each, alternated")
         for r in rows:
-            print(f"  {r['axis']:5s}  {r['model_seconds']:6.2f} s  against  {r['against_seconds']:6.2f} s  "
+            print(f"  {shown(r['axis'], args.fuse):5s}  {r['model_seconds']:6.2f} s  against  {r['against_seconds']:6.2f} s  "
                   f"ratio {r['ratio']:.2f}")
         if not args.smoke:
             info = machine()
-            path = write_json("bench_convert_against", {
+            path = write_json(named("bench_convert_against", args.fuse), {
                 "machine": info, "volume": src.name, "model": str(args.model or default_model_path()),
                 "against": args.against, "args": vars(args), "rows": rows})
             print(f"wrote {path}")
@@ -365,30 +385,32 @@ def main() -> None:
                  "slices": volume.shape[2], "network_seconds": naive, "network_pixels": plane * volume.shape[2]})
     splits = {}
     for axis in ("axial", "all"):
-        runs = [convert_process(src, axis, args.model, args.device, args.precision) for _ in range(args.repeats)]
+        runs = [convert_process(src, axis, args.model, args.device, args.precision, args.fuse)
+                for _ in range(args.repeats)]
         best = min(runs, key=lambda r: r["seconds"])
-        split = min((in_process(translator, src, axis, direction) for _ in range(args.repeats)),
+        split = min((in_process(translator, src, axis, direction, args.fuse) for _ in range(args.repeats)),
                     key=lambda r: r["in_process_seconds"])
         splits[axis] = split
         slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-        rows.append({"mode": f"medsynth-convert {axis} (whole process)", "seconds": best["seconds"], "slices": slices,
+        rows.append({"mode": f"medsynth-convert {shown(axis, args.fuse)} (whole process)", "seconds": best["seconds"], "slices": slices,
                      "passes": 3 if axis == "all" else 1,
                      "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None, **split})
     if not args.no_server:
-        trips = server_round_trips(src, ("axial", "all"), args.model, args.device, args.precision, args.repeats)
+        trips = server_round_trips(src, ("axial", "all"), args.model, args.device, args.precision, args.repeats,
+                                   args.fuse)
         for axis, seconds in trips.items():
             # the network seconds are this process's (same machine, model and volume): the server does not
             # report its own
             slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-            rows.append({"mode": f"medsynth-serve on 127.0.0.1, {axis} (client round trip, model loaded once)",
+            rows.append({"mode": f"medsynth-serve on 127.0.0.1, {shown(axis, args.fuse)} (client round trip, model loaded once)",
                          "seconds": seconds, "slices": slices, "passes": 3 if axis == "all" else 1,
                          "network_seconds": splits[axis]["network_seconds"],
                          "network_pixels": splits[axis]["network_pixels"]})
         for axis, jobs in worker_jobs(src, ("axial", "all"), args.model, args.device, args.precision,
-                                      args.repeats).items():
+                                      args.repeats, args.fuse).items():
             # here the network seconds are the worker's own, for the same job
             slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-            rows.append({"mode": f"Slicer's worker (medsynth worker), {axis} (per volume, model loaded once)",
+            rows.append({"mode": f"Slicer's worker (medsynth worker), {shown(axis, args.fuse)} (per volume, model loaded once)",
                          "seconds": jobs["seconds"], "slices": slices, "passes": 3 if axis == "all" else 1,
                          "network_seconds": jobs["network_seconds"],
                          "network_pixels": splits[axis]["network_pixels"]})
@@ -429,7 +451,7 @@ def main() -> None:
           f"max {diff['max_share']:.2%} of the output range")
     if args.smoke:
         return
-    path = write_json("bench_convert", {
+    path = write_json(named("bench_convert", args.fuse), {
         "machine": info, "volume": str(src.name), "shape": list(volume.shape), "model": str(args.model or default_model_path().name),
         "generator": cfg.generator, "ngf": cfg.ngf, "gflop_per_slice": flops_per_slice / 1e9, "peaks": peaks,
         "peak_used": peak_key, "bf16_vs_fp32": diff, "batch_and_layout": sweep, "args": vars(args), "rows": rows})
