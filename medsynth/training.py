@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medsynth.bias import BIAS_CORRECTIONS, describe_bias_correction
-from medsynth.config import AXES, LESION_SITES, TRAIN_AXES, TrainConfig, describe_axes
+from medsynth.config import AXES, LESION_SITES, TARGET_NORMS, TRAIN_AXES, TrainConfig, describe_axes
 from medsynth.errors import InputError
 from medsynth.devices import autocast_enabled, describe, resolve_device, set_threads, usable_cores
 from medsynth.files import atomic_path, atomic_save, write_atomic
@@ -116,12 +116,13 @@ class DomainData:
         self.is_2d = all(v.shape[-1] == 1 for v in self.volumes)
 
     def add_base(self, target_quantiles: torch.Tensor, own_quantiles: torch.Tensor, context: int = 0,
-                 axis: str = "axial") -> None:
+                 axis: str = "axial", target_norm: str = "histogram") -> None:
         """Stack channels onto each volume for residual generators: the inverted-histogram base (see
         :class:`~medsynth.networks.ResidualGenerator`), computed on the whole volume as conversion does; for 2.5D
-        (``context``) the base of the neighbouring slices along ``axis``; and last the volume standardised onto
-        its own domain's pooled histogram, which the losses compare with (so that the training patients' tissues
-        sit at the same levels, whatever their scanners made of them)."""
+        (``context``) the base of the neighbouring slices along ``axis``; and last what the losses compare with
+        (:attr:`~medsynth.config.TrainConfig.target_norm`): the volume standardised onto its own domain's pooled
+        histogram (``histogram``: the training patients' tissues at the same levels, whatever their scanners made
+        of them), or the volume as normalised alone (``percentile``: each head's own contrast)."""
         from medsynth.config import AXIS_INDEX
         from medsynth.networks import histogram_match, inverted_histogram_match, neighbour_indices, neighbour_offsets
 
@@ -132,7 +133,8 @@ class DomainData:
             index = torch.arange(base.shape[dim])
             neighbours = [base.index_select(dim, neighbour_indices(index, d, base.shape[dim]))
                           for d in neighbour_offsets(context)]
-            volumes.append(torch.cat([v, base, *neighbours, histogram_match(v[:1][None], own_quantiles)[0]]))
+            target = histogram_match(v[:1][None], own_quantiles)[0] if target_norm == "histogram" else v[:1].clone()
+            volumes.append(torch.cat([v, base, *neighbours, target]))
         self.volumes = volumes
 
     def quantiles(self) -> torch.Tensor:
@@ -192,8 +194,8 @@ def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig,
     pairs = pair_volumes(a, b) if config.paired else None
     quantiles = quantiles if quantiles is not None else (a.quantiles(), b.quantiles())
     if config.model.residual == "invert":
-        a.add_base(quantiles[1], quantiles[0], config.model.context, config.train_axes[0])
-        b.add_base(quantiles[0], quantiles[1], config.model.context, config.train_axes[0])
+        a.add_base(quantiles[1], quantiles[0], config.model.context, config.train_axes[0], config.target_norm)
+        b.add_base(quantiles[0], quantiles[1], config.model.context, config.train_axes[0], config.target_norm)
     return pairs, quantiles
 
 
@@ -541,6 +543,8 @@ class Trainer:
             raise InputError("--lesion-radius", f"{shown} is not two radii in pixels, 0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
+        if config.target_norm not in TARGET_NORMS:
+            raise InputError("--target-norm", f"{config.target_norm!r} is not one of {', '.join(TARGET_NORMS)}")
         if config.lesion_augment == 0:
             # shaping lesions that are never pasted would be silently ignored
             for option, given, default in (("--lesion-radius", radius, TrainConfig.lesion_radius),
@@ -630,7 +634,7 @@ class Trainer:
                 extras[key] = DomainData(files, config.enhance, config.workers, config.cache_dir,
                                          self.progress and self.dist.main, config.bias_correction)
                 if config.model.residual == "invert":
-                    extras[key].add_base(other, own, config.model.context, config.train_axes[0])
+                    extras[key].add_base(other, own, config.model.context, config.train_axes[0], config.target_norm)
         if init is not None:
             # the source's statistics: a translator of the step-0 networks is the source model, exactly
             self.stats = {name: dict(init["stats"][name]) for name in config.names}
@@ -1026,7 +1030,9 @@ class Plan:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
                              + (f" + lesion L1 x {c.lambda_lesion:g}" if c.lambda_lesion > 0 else "")
                              + (f" + histogram x {c.lambda_histogram:g}" if c.lambda_histogram > 0 else "")
-                             + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''})")
+                             + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''}"
+                             + (", targets percentile-normalised" if c.target_norm == "percentile"
+                                and m.residual == "invert" else "") + ")")
         augmented = []
         if c.intensity_augment:
             reaches = c.augment_base and m.residual == "invert" and m.residual_input == "base"

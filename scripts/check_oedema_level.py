@@ -4,7 +4,10 @@ For each fold model of a leave-one-out run (one folder per held-out patient, ``R
 shared patient, the mean level inside the oedema (label 1), the core (label 2) and the white matter (the brain
 outside the lesion above its T1's 0.6 quantile) of the real T2, the model's translation and its base (the fair
 baseline: the inverted histogram match the network corrects), each image normalised to [0, 1] over the brain as
-``medsynth-eval`` does. A patient is ``unseen`` by the fold that held it out and ``seen`` by the other two.
+``medsynth-eval`` does. A patient is ``unseen`` by the fold that held it out and ``seen`` by the other two. For a
+seen patient, ``taught`` is the level of the target the fold's losses compared with: its T2 matched onto the fold's
+pooled T2 histogram (``--target-norm histogram``), or as normalised alone (``percentile``: the real level, up to
+the brain mask).
 A reading aid for the lesion studies, not a score: the studies' PSNR and bias are in ``scripts/results``.
 
 usage: python scripts/check_oedema_level.py --run RUNS/ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052
@@ -35,8 +38,42 @@ from study_cpu import DATA, cases, held_out_case  # noqa: E402
 WHITE_QUANTILE = 0.6
 
 
+def taught(config: Any, read: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The mean normalised level, per seen patient and region, of the T2 target a fold model's losses compared with
+    (``config``: its TrainConfig; ``read``: what :func:`levels` read of each patient). Empty where there is none to
+    rebuild: no residual generator (its targets are the T2s as normalised alone), N4-corrected or enhanced volumes,
+    or training files no longer there."""
+    import torch
+
+    from medsynth.evaluation import normalise_in_mask
+    from medsynth.intensity import intensity_stats, normalise
+    from medsynth.io import load_image
+    from medsynth.networks import histogram_match
+    from medsynth.training import DomainData
+
+    files = [Path(f) for f in config.b]
+    if (config.model.residual != "invert" or config.bias_correction != "none" or config.enhance or not files
+            or not all(f.is_file() for f in files)):
+        return {}
+    # the fold's pooled T2 histogram, from its training volumes as training read them
+    pooled = DomainData(files, progress=False).quantiles()
+    out = {}
+    for f in files:
+        if f.parent.name not in read:
+            continue
+        _, brain, where, _ = read[f.parent.name]
+        # on the file's own grid: the prepared volume differs only by orientation, and both maps act on values
+        array = load_image(f).array
+        x = normalise(torch.as_tensor(array, dtype=torch.float32), intensity_stats(array))
+        target = histogram_match(x[None], pooled)[0] if config.target_norm == "histogram" else x
+        level = normalise_in_mask(target.numpy(), brain)
+        out[f.parent.name] = {r: float(level[w].mean()) for r, w in where.items()}
+    return out
+
+
 def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
-    """One row per fold model x patient x region: the mean normalised level of the real T2, the model and the base."""
+    """One row per fold model x patient x region: the mean normalised level of the real T2, the model and the base,
+    and for a seen patient the target the fold was taught (``taught``; None where unseen or not rebuilt)."""
     from medsynth.inference import Translator, fair_baseline_translator
 
     # what does not depend on the fold model, once per patient: its T1, the regions and the real T2's levels
@@ -54,13 +91,15 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
         model_path = run / fold.name / "model.pt"
         model = Translator.from_file(model_path, device="cpu")
         base = fair_baseline_translator(model_path, device="cpu")
+        targets = taught(model.config, read)
         for name, (t1, brain, where, real) in read.items():
             images = {"model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
                       "base": base.translate_array(t1.array, t1.affine, "t1-to-t2")}
             normalised = {k: normalise_in_mask(v, brain) for k, v in images.items()}
             for region, w in where.items():
                 rows.append({"fold": fold.name, "patient": name, "seen": name != fold.name, "region": region,
-                             "real": real[region], **{k: float(v[w].mean()) for k, v in normalised.items()}})
+                             "real": real[region], **{k: float(v[w].mean()) for k, v in normalised.items()},
+                             "taught": targets.get(name, {}).get(region) if name != fold.name else None})
     return rows
 
 
@@ -85,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     shown = [{"patient": r["patient"], "fold model": r["fold"], "seen": "seen" if r["seen"] else "UNSEEN",
-              "region": r["region"], "real T2": round(r["real"], 3), "model": round(r["model"], 3),
+              "region": r["region"], "real T2": round(r["real"], 3),
+              "taught": "-" if r["taught"] is None else round(r["taught"], 3), "model": round(r["model"], 3),
               "base": round(r["base"], 3)} for r in rows]
     print(table(shown, list(shown[0])))
     path = write_json(args.name, {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -99,15 +99,16 @@ def _write_model(path: Path, generator: str, ngf: int = 4, names: tuple[str, str
     return export_model(path, config, nets[0], nets[1], stats)
 
 
-def write_residual_model(path: Path, gate: float = 0.0) -> Path:
+def write_residual_model(path: Path, gate: float = 0.0, **config_values: Any) -> Path:
     """A tiny untrained residual model whose domains carry training histograms (as a trained one does);
-    ``gate`` opens its correction (zero, as at the start of training, leaves the baseline alone)."""
+    ``gate`` opens its correction (zero, as at the start of training, leaves the baseline alone);
+    ``config_values``: more of its TrainConfig (the training files ``b``, ``target_norm``...)."""
     from medsynth.config import ModelConfig, TrainConfig
     from medsynth.cyclegan import CycleGAN, export_model
     from medsynth.networks import domain_quantiles
 
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig(generator="resnet6", ngf=8, residual="invert"), size=32)
+    config = TrainConfig(model=ModelConfig(generator="resnet6", ngf=8, residual="invert"), size=32, **config_values)
     model = CycleGAN(config)
     q1 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000))
     q2 = domain_quantiles(torch.linspace(-0.9, 0.9, 1000) ** 3)

@@ -74,6 +74,40 @@ def test_every_fold_model_reads_every_patient_seen_and_unseen(co: ModuleType, tm
             assert r["model"] == pytest.approx(r["base"], abs=3e-3), r
     assert [r["base"] for r in rows if r["fold"] == "p1"] == pytest.approx([r["base"] for r in rows if r["fold"] == "p2"])
     assert any(abs(r["model"] - r["base"]) > 1e-3 for r in rows if r["fold"] == "p2")
+    # models that carry no training files: nothing taught to rebuild
+    assert all(r["taught"] is None for r in rows)
+
+
+def test_taught_is_the_target_the_fold_compared_with(co: ModuleType, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a seen patient, ``taught`` is its T2 matched onto the fold's pooled T2 histogram, or with
+    ``--target-norm percentile`` its own normalised T2 (the real level); an unseen patient has none."""
+    data, patients = _patients(tmp_path, monkeypatch, co)
+    # a healthy third head in the pool (as the template pair is): its darker T2 pulls the pooled histogram down
+    healthy = tmp_path / "extra" / "healthy"
+    healthy.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(phantom((20, 24, 28), 5, "t2") ** 2, np.eye(4)), str(healthy / "t2.nii.gz"))
+    files = [str(p / "t2.nii.gz") for p in patients] + [str(healthy / "t2.nii.gz")]
+    rows = {}
+    for norm in ("histogram", "percentile"):
+        run = tmp_path / norm
+        for p in patients:
+            (run / p.name).mkdir(parents=True)
+            # each fold model names both patients' T2s as its training files, which only a ceiling run does:
+            # p2 is seen by fold p1 and p1 by fold p2
+            write_residual_model(run / p.name / "model.pt", b=files, target_norm=norm)
+        rows[norm] = co.levels(run, patients)
+    for norm, found in rows.items():
+        for r in found:
+            assert (r["taught"] is None) == (not r["seen"]), r
+    percentile = [r for r in rows["percentile"] if r["seen"]]
+    # (within a thousandth or two: training's normalisation clips at the foreground's 0.5/99.5 percentiles, the
+    # levels are the brain's)
+    assert [r["taught"] for r in percentile] == pytest.approx([r["real"] for r in percentile], abs=2e-3)
+    # matched onto a pool with a darker head, tissue is taught at other levels than it has (the synthetic oedema,
+    # each T2's maximum, stays at the top whatever the match; the white matter and the core move)
+    histogram = [r for r in rows["histogram"] if r["seen"]]
+    assert max(abs(r["taught"] - r["real"]) for r in histogram) > 0.01, histogram
 
 
 def test_bad_inputs_stop_with_one_line(co: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -7,8 +7,8 @@ import sys
 from typing import Sequence
 
 from medsynth.bias import BIAS_CORRECTIONS
-from medsynth.config import (GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, TRAIN_AXES, ModelConfig,
-                             TrainConfig, recipe_values)
+from medsynth.config import (GENERATORS, LESION_SITES, RECIPES, RESIDUAL_INPUTS, RESIDUALS, TARGET_NORMS, TRAIN_AXES,
+                             ModelConfig, TrainConfig, recipe_values)
 from medsynth.cli.formatter import HelpFormatter
 from medsynth.enhance import STEPS
 from medsynth.errors import InputError, exit_on_error
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the residual correction's gate (it starts at zero)")
     n.add_argument("--context", type=int, default=m.context,
                    help="2.5D: neighbouring slices on each side whose bases the residual network also sees")
+    n.add_argument("--target-norm", choices=TARGET_NORMS, default=d.target_norm,
+                   help="--residual invert: what the paired losses compare with, each target matched onto its "
+                        "domain's pooled histogram, or as normalised alone (its 0.5-99.5 percentiles, the scale "
+                        "medsynth-eval scores in; each head's own contrast kept) (default: %(default)s)")
     n.add_argument("--base-smooth", type=float, default=m.base_smooth, metavar="SIGMA",
                    help="smooth the residual generator's base in-plane inside the brain with a Gaussian of SIGMA "
                         "pixels (0: off): the monotone map carries the source's noise into the output")
@@ -217,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lambda_adv=args.lambda_adv, lambda_cycle=args.lambda_cycle, lambda_identity=args.lambda_identity,
         pool_size=args.pool_size, paired=args.paired, lambda_paired=args.lambda_paired, lambda_ssim=args.lambda_ssim,
         lambda_histogram=args.lambda_histogram, extra_a=list(args.extra_a), extra_b=list(args.extra_b),
-        intensity_augment=args.intensity_augment, augment_base=args.augment_base,
+        intensity_augment=args.intensity_augment, augment_base=args.augment_base, target_norm=args.target_norm,
         lesion_augment=args.lesion_augment, lesion_radius=tuple(args.lesion_radius), lambda_lesion=args.lambda_lesion,
         lesion_site=args.lesion_site, threads=args.threads,
         init_gain=args.init_gain, augment=args.augment, flip=args.flip,
