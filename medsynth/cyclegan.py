@@ -209,8 +209,9 @@ class CycleGAN(nn.Module):
             real_a = torch.cat([real_a, extra_a])
         if extra_b is not None:
             real_b = torch.cat([real_b, extra_b])
-        # residual training data carry [image, base, neighbours' bases (2.5D), standardised image]: the generators
-        # see all but the last, the losses and discriminators the standardised image (plain data: the image alone)
+        # residual training data carry [image, base, neighbours' bases (2.5D), target image]: the generators see all
+        # but the last, the losses and discriminators the target image (histogram-standardised or as normalised
+        # alone, TrainConfig.target_norm; plain data: the image alone)
         inputs_a, inputs_b = generator_inputs(real_a), generator_inputs(real_b)
         real_a, real_b = _loss_image(real_a), _loss_image(real_b)
 
@@ -218,6 +219,8 @@ class CycleGAN(nn.Module):
         self.discriminators.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
         losses: dict[str, torch.Tensor] = {}
+        # what the log needs beside the losses (step counts under COUNT_PREFIX), kept out of the generators' sum
+        counts: dict[str, torch.Tensor] = {}
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=autocast):
             out = generators(inputs_a, inputs_b, use_identity, use_cycle)
             if use_adv:
@@ -249,7 +252,7 @@ class CycleGAN(nn.Module):
                 losses["lesion_a"] = (w * (paired_a - _loss_image(target_a)).abs()).sum() / area * c.lambda_lesion
                 # whether this step had a lesion to weigh: the log averages the term over such steps only
                 lesioned = (w.sum() > 0).float()
-                losses[COUNT_PREFIX + "lesion_b"] = losses[COUNT_PREFIX + "lesion_a"] = lesioned
+                counts[COUNT_PREFIX + "lesion_b"] = counts[COUNT_PREFIX + "lesion_a"] = lesioned
             if c.lambda_histogram > 0:
                 # where both images of the pair are tissue: the translation's background is the source's
                 losses["hist_b"] = histogram_loss(paired_b, _loss_image(target_b),
@@ -283,8 +286,8 @@ class CycleGAN(nn.Module):
             (loss_d_a + loss_d_b).backward()
             opt_d.step()
             losses.update(d_a=loss_d_a, d_b=loss_d_b)
-        return {k: v.detach() for k, v in losses.items()} | {"_fake_b": out["fake_b"][:n_a].detach(),
-                                                              "_fake_a": out["fake_a"][:n_b].detach()}
+        return {k: v.detach() for k, v in (losses | counts).items()} | {"_fake_b": out["fake_b"][:n_a].detach(),
+                                                                         "_fake_a": out["fake_a"][:n_b].detach()}
 
 
 def histogram_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
@@ -310,14 +313,14 @@ def _foreground(x: torch.Tensor) -> torch.Tensor:
 
 
 def _loss_image(x: torch.Tensor) -> torch.Tensor:
-    """The channel losses compare with: the standardised image of residual data (the last of three or more
-    channels), else the image."""
+    """The channel losses compare with: the target image of residual data (the last of three or more channels; see
+    :attr:`~medsynth.config.TrainConfig.target_norm`), else the image."""
     return x[:, -1:] if x.shape[1] >= 3 else x[:, :1]
 
 
 def generator_inputs(x: torch.Tensor) -> torch.Tensor:
-    """What a generator is given of a training batch: residual data without their last channel, the standardised
-    image the losses compare with; plain data as they are."""
+    """What a generator is given of a training batch: residual data without their last channel, the target image
+    the losses compare with; plain data as they are."""
     return x[:, :-1] if x.shape[1] >= 3 else x
 
 

@@ -17,7 +17,7 @@ it keeps its grey matter. The network then sees grey-matter-level T1 inside whit
 grey-matter-level T1 in general (which would brighten the cortex of every patient).
 
 Channel layout (see :meth:`medsynth.training.DomainData.add_base`): ``[image, base, (context bases...),
-standardised]`` for residual generators, ``[image]`` otherwise. The image and the standardised channel get the
+target]`` for residual generators, ``[image]`` otherwise. The image and the target channel get the
 lesion; the base (the inverted histogram match of the image, a monotone decreasing map of it) is recomputed from
 the new image through that same map, read off the slice itself. Context channels (2.5D) are left as they are.
 

@@ -190,7 +190,7 @@ def prepare_domains(a: DomainData, b: DomainData, config: TrainConfig,
                     ) -> tuple[list[tuple[int, int]] | None, tuple[torch.Tensor, torch.Tensor]]:
     """What training needs beyond the cached volumes: the registered pairs (``--paired``), each domain's pooled
     quantiles (``quantiles``: given ones, e.g. those of an ``--init`` model), and for residual generators the base
-    and standardised channels (added to the volumes)."""
+    and target channels (added to the volumes; :attr:`TrainConfig.target_norm`)."""
     pairs = pair_volumes(a, b) if config.paired else None
     quantiles = quantiles if quantiles is not None else (a.quantiles(), b.quantiles())
     if config.model.residual == "invert":
@@ -545,6 +545,11 @@ class Trainer:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         if config.target_norm not in TARGET_NORMS:
             raise InputError("--target-norm", f"{config.target_norm!r} is not one of {', '.join(TARGET_NORMS)}")
+        if config.target_norm != "histogram" and config.model.residual != "invert":
+            # other generators compare with the images as normalised alone already
+            raise InputError("--target-norm", "chooses the targets of residual generators: add --residual invert")
+        if config.lesion_augment > 0 and not config.paired:
+            raise InputError("--lesion-augment", "pastes lesions into registered pairs: it needs --paired")
         if config.lesion_augment == 0:
             # shaping lesions that are never pasted would be silently ignored
             for option, given, default in (("--lesion-radius", radius, TrainConfig.lesion_radius),
@@ -626,7 +631,7 @@ class Trainer:
         self.stats = {name: data.stats.to_dict() | {"quantiles": [float(v) for v in q]}
                       for name, data, q in zip(config.names, (data_a, data_b), quantiles)}
         # the unpaired volumes: translated as any source volume is (the base onto the other domain's pooled
-        # histogram), and standardised onto their own domain's; the model's statistics stay the paired data's
+        # histogram), their targets as the paired data's (target_norm); the model's statistics stay the paired data's
         extras: dict[str, DomainData] = {}
         for key, files, other, own in (("a", extra_files["a"], quantiles[1], quantiles[0]),
                                        ("b", extra_files["b"], quantiles[0], quantiles[1])):
@@ -1030,9 +1035,7 @@ class Plan:
             objective.append(f"paired L1 x {c.lambda_paired:g}" + (f" + SSIM x {c.lambda_ssim:g}" if c.lambda_ssim > 0 else "")
                              + (f" + lesion L1 x {c.lambda_lesion:g}" if c.lambda_lesion > 0 else "")
                              + (f" + histogram x {c.lambda_histogram:g}" if c.lambda_histogram > 0 else "")
-                             + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''}"
-                             + (", targets percentile-normalised" if c.target_norm == "percentile"
-                                and m.residual == "invert" else "") + ")")
+                             + f" ({len(self.pairs)} pair{'s' if len(self.pairs) != 1 else ''})")
         augmented = []
         if c.intensity_augment:
             reaches = c.augment_base and m.residual == "invert" and m.residual_input == "base"
@@ -1052,6 +1055,8 @@ class Plan:
                              f"({terms} term{'s' if ' and ' in terms else ''} only)")
         done = f", resuming at {self.start}" if self.start else ""
         smoothed = f" smoothed in-plane (Gaussian {m.base_smooth:g} px)" if m.residual == "invert" and m.base_smooth else ""
+        if m.residual == "invert" and c.target_norm == "percentile":
+            smoothed += ", targets as normalised alone"
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"
         validation = (f"; validation every {every} and at the end on {self.val_pairs} "
                       f"pair{'s' if self.val_pairs != 1 else ''}") if self.val_pairs else ""

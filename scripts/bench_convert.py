@@ -347,7 +347,7 @@ def main() -> None:
         print(f"medsynth-convert, whole process, {src.name}: {args.model or 'the packaged model'} against "
               f"{args.against}, best of {args.repeats} each, alternated")
         for r in rows:
-            print(f"  {shown(r['axis'], args.fuse):5s}  {r['model_seconds']:6.2f} s  against  {r['against_seconds']:6.2f} s  "
+            print(f"  {shown(r['axis'], args.fuse):<17s}  {r['model_seconds']:6.2f} s  against  {r['against_seconds']:6.2f} s  "
                   f"ratio {r['ratio']:.2f}")
         if not args.smoke:
             info = machine()
@@ -392,7 +392,8 @@ def main() -> None:
                     key=lambda r: r["in_process_seconds"])
         splits[axis] = split
         slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-        rows.append({"mode": f"medsynth-convert {shown(axis, args.fuse)} (whole process)", "seconds": best["seconds"], "slices": slices,
+        label = shown(axis, args.fuse)
+        rows.append({"mode": f"medsynth-convert {label} (whole process)", "seconds": best["seconds"], "slices": slices,
                      "passes": 3 if axis == "all" else 1,
                      "peak_rss_mb": max((r["peak_rss_mb"] or 0) for r in runs) or None, **split})
     if not args.no_server:
@@ -402,7 +403,8 @@ def main() -> None:
             # the network seconds are this process's (same machine, model and volume): the server does not
             # report its own
             slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-            rows.append({"mode": f"medsynth-serve on 127.0.0.1, {shown(axis, args.fuse)} (client round trip, model loaded once)",
+            label = shown(axis, args.fuse)
+            rows.append({"mode": f"medsynth-serve on 127.0.0.1, {label} (client round trip, model loaded once)",
                          "seconds": seconds, "slices": slices, "passes": 3 if axis == "all" else 1,
                          "network_seconds": splits[axis]["network_seconds"],
                          "network_pixels": splits[axis]["network_pixels"]})
@@ -410,7 +412,8 @@ def main() -> None:
                                       args.repeats, args.fuse).items():
             # here the network seconds are the worker's own, for the same job
             slices = sum(volume.shape) if axis == "all" else volume.shape[AXIS_SLICES[axis]]
-            rows.append({"mode": f"Slicer's worker (medsynth worker), {shown(axis, args.fuse)} (per volume, model loaded once)",
+            label = shown(axis, args.fuse)
+            rows.append({"mode": f"Slicer's worker (medsynth worker), {label} (per volume, model loaded once)",
                          "seconds": jobs["seconds"], "slices": slices, "passes": 3 if axis == "all" else 1,
                          "network_seconds": jobs["network_seconds"],
                          "network_pixels": splits[axis]["network_pixels"]})

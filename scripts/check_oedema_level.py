@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from medsynth.benchmark import machine, table, write_json  # noqa: E402
+from medsynth.config import TrainConfig  # noqa: E402
 from medsynth.evaluation import normalise_in_mask  # noqa: E402
 from study_cpu import DATA, cases, held_out_case  # noqa: E402
 
@@ -38,33 +39,31 @@ from study_cpu import DATA, cases, held_out_case  # noqa: E402
 WHITE_QUANTILE = 0.6
 
 
-def taught(config: Any, read: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """The mean normalised level, per seen patient and region, of the T2 target a fold model's losses compared with
-    (``config``: its TrainConfig; ``read``: what :func:`levels` read of each patient). Empty where there is none to
-    rebuild: no residual generator (its targets are the T2s as normalised alone), N4-corrected or enhanced volumes,
-    or training files no longer there."""
+def taught(config: TrainConfig, stats: dict[str, Any], read: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The mean normalised level, per seen patient and region, of the T2 target a fold model's losses compared with.
+
+    Args:
+        config: the fold model's TrainConfig (its training T2s, ``b``, and ``target_norm``).
+        stats: the model's domain statistics: the T2's pooled quantiles, onto which training matched its targets.
+        read: what :func:`levels` read of each patient (its brain, regions and real T2).
+
+    Empty where the target is not rebuilt here: no residual generator (its targets are the T2s as normalised alone,
+    the real levels), N4-corrected or enhanced volumes (the files are not what training compared with)."""
     import torch
 
-    from medsynth.evaluation import normalise_in_mask
     from medsynth.intensity import intensity_stats, normalise
-    from medsynth.io import load_image
     from medsynth.networks import histogram_match
-    from medsynth.training import DomainData
 
-    files = [Path(f) for f in config.b]
-    if (config.model.residual != "invert" or config.bias_correction != "none" or config.enhance or not files
-            or not all(f.is_file() for f in files)):
+    if config.model.residual != "invert" or config.bias_correction != "none" or config.enhance:
         return {}
-    # the fold's pooled T2 histogram, from its training volumes as training read them
-    pooled = DomainData(files, progress=False).quantiles()
+    pooled = torch.tensor(stats[config.names[1]]["quantiles"], dtype=torch.float32)
     out = {}
-    for f in files:
+    for f in (Path(f) for f in config.b):
         if f.parent.name not in read:
             continue
-        _, brain, where, _ = read[f.parent.name]
-        # on the file's own grid: the prepared volume differs only by orientation, and both maps act on values
-        array = load_image(f).array
-        x = normalise(torch.as_tensor(array, dtype=torch.float32), intensity_stats(array))
+        _, t2, brain, where, _ = read[f.parent.name]
+        # on the file's own grid: training's prepared volume differs only by orientation, and both maps act on values
+        x = normalise(torch.as_tensor(t2.array, dtype=torch.float32), intensity_stats(t2.array))
         target = histogram_match(x[None], pooled)[0] if config.target_norm == "histogram" else x
         level = normalise_in_mask(target.numpy(), brain)
         out[f.parent.name] = {r: float(level[w].mean()) for r, w in where.items()}
@@ -85,14 +84,14 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
         where = {r: w & brain for r, w in (("oedema", regions["oedema"]), ("core", regions["core"]),
                                            ("white matter", white)) if (w & brain).any()}
         real = normalise_in_mask(t2.array, brain)
-        read[p.name] = (t1, brain, where, {r: float(real[w].mean()) for r, w in where.items()})
+        read[p.name] = (t1, t2, brain, where, {r: float(real[w].mean()) for r, w in where.items()})
     rows = []
     for fold in patients:
         model_path = run / fold.name / "model.pt"
         model = Translator.from_file(model_path, device="cpu")
         base = fair_baseline_translator(model_path, device="cpu")
-        targets = taught(model.config, read)
-        for name, (t1, brain, where, real) in read.items():
+        targets = taught(model.config, model.stats, read)
+        for name, (t1, _, brain, where, real) in read.items():
             images = {"model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
                       "base": base.translate_array(t1.array, t1.affine, "t1-to-t2")}
             normalised = {k: normalise_in_mask(v, brain) for k, v in images.items()}

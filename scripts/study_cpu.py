@@ -237,7 +237,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the packaged recipe with each training target as normalised alone (--target-norm percentile: its 0.5-99.5 %
     # foreground percentiles to [-1, 1], the scale medsynth-eval scores in) instead of matched onto the pooled T2 (or
     # T1) histogram: the match teaches AURORA_sample's oedema at 0.60-0.61 of its brain's range where its T2 has it
-    # at 0.67, and TCGA-DU-7294's normal tissue 0.05 too bright (scripts/study_data/intros/study_pctnorm.md)
+    # at 0.67, and TCGA-DU-7294's white matter 0.03-0.05 too bright (scripts/study_data/intros/study_pctnorm.md)
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_pctnorm": _packaged(target_norm="percentile"),
     "ssim30_gate10_augbase_lesions_smooth07_mnislab5_2052_pctnorm_seed1": _packaged(seed=1, target_norm="percentile"),
     # the packaged recipe without the template pair: study_allpairs.py trains it on one, two and three patients and

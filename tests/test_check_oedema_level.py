@@ -80,14 +80,17 @@ def test_every_fold_model_reads_every_patient_seen_and_unseen(co: ModuleType, tm
 
 def test_taught_is_the_target_the_fold_compared_with(co: ModuleType, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """For a seen patient, ``taught`` is its T2 matched onto the fold's pooled T2 histogram, or with
-    ``--target-norm percentile`` its own normalised T2 (the real level); an unseen patient has none."""
+    """For a seen patient, ``taught`` is its T2 matched onto the pooled T2 quantiles the fold model carries (those
+    its training matched onto, whatever its files pool to now), or with ``--target-norm percentile`` its own
+    normalised T2 (the real level); an unseen patient has none."""
+    import torch
+
+    from medsynth.evaluation import normalise_in_mask
+    from medsynth.intensity import intensity_stats, normalise
+    from medsynth.networks import histogram_match
+
     data, patients = _patients(tmp_path, monkeypatch, co)
-    # a healthy third head in the pool (as the template pair is): its darker T2 pulls the pooled histogram down
-    healthy = tmp_path / "extra" / "healthy"
-    healthy.mkdir(parents=True)
-    nib.save(nib.Nifti1Image(phantom((20, 24, 28), 5, "t2") ** 2, np.eye(4)), str(healthy / "t2.nii.gz"))
-    files = [str(p / "t2.nii.gz") for p in patients] + [str(healthy / "t2.nii.gz")]
+    files = [str(p / "t2.nii.gz") for p in patients]
     rows = {}
     for norm in ("histogram", "percentile"):
         run = tmp_path / norm
@@ -97,17 +100,27 @@ def test_taught_is_the_target_the_fold_compared_with(co: ModuleType, tmp_path: P
             # p2 is seen by fold p1 and p1 by fold p2
             write_residual_model(run / p.name / "model.pt", b=files, target_norm=norm)
         rows[norm] = co.levels(run, patients)
-    for norm, found in rows.items():
+    for found in rows.values():
         for r in found:
             assert (r["taught"] is None) == (not r["seen"]), r
     percentile = [r for r in rows["percentile"] if r["seen"]]
     # (within a thousandth or two: training's normalisation clips at the foreground's 0.5/99.5 percentiles, the
     # levels are the brain's)
     assert [r["taught"] for r in percentile] == pytest.approx([r["real"] for r in percentile], abs=2e-3)
-    # matched onto a pool with a darker head, tissue is taught at other levels than it has (the synthetic oedema,
-    # each T2's maximum, stays at the top whatever the match; the white matter and the core move)
-    histogram = [r for r in rows["histogram"] if r["seen"]]
-    assert max(abs(r["taught"] - r["real"]) for r in histogram) > 0.01, histogram
+    # the model's own pooled quantiles (write_residual_model's cubic ramp, not what these two files pool to)
+    pooled = torch.tensor(torch.load(tmp_path / "histogram" / "p1" / "model.pt", weights_only=True)
+                          ["stats"]["t2"]["quantiles"])
+    t2 = nib.load(str(data / "p1" / "t2.nii.gz")).get_fdata().astype(np.float32)
+    t1 = nib.load(str(data / "p1" / "t1.nii.gz")).get_fdata()
+    labels = nib.load(str(tmp_path / "lesions" / "p1.nii.gz")).get_fdata()
+    brain = (t1 > 0) & (t2 > 0)
+    matched = histogram_match(normalise(torch.from_numpy(t2), intensity_stats(t2))[None], pooled)[0].numpy()
+    expected = normalise_in_mask(matched, brain)[(labels == 2) & brain].mean()
+    core = [r for r in rows["histogram"] if r["patient"] == "p1" and r["region"] == "core" and r["seen"]]
+    assert [r["taught"] for r in core] == pytest.approx([expected], abs=1e-5)
+    # matched onto that pool, tissue is taught at other levels than it has (the synthetic oedema, each T2's
+    # maximum, stays at the top whatever the match; the rest moves)
+    assert max(abs(r["taught"] - r["real"]) for r in rows["histogram"] if r["seen"]) > 0.01
 
 
 def test_bad_inputs_stop_with_one_line(co: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str],

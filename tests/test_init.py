@@ -114,3 +114,20 @@ def test_the_library_refuses_it_too(tmp_path: Path, source: Path) -> None:
         config.model.ngf = 4
         config.init = str(tmp_path / "nowhere.pt")
         train(config, progress=False)
+
+
+def test_the_targets_are_normalised_as_the_model_was_taught_unless_given(tmp_path: Path) -> None:
+    """``--init`` keeps the source model's ``--target-norm`` (an old model without one was taught ``histogram``);
+    a run may give another, since it has no weights of its own."""
+    from medsynth.config import TrainConfig
+
+    t1, t2 = pairs(tmp_path / "data", (0, 1))
+    first = tmp_path / "first"
+    assert train_main(["--t1", str(t1), "--t2", str(t2), "--out", str(first), *TINY, *PAIRED, "--steps", "1",
+                       "--target-norm", "percentile"]) == 0
+    for name, extra, expected in (("kept", [], "percentile"), ("given", ["--target-norm", "histogram"], "histogram")):
+        run = tmp_path / name
+        assert train_main(["--t1", str(t1), "--t2", str(t2), "--out", str(run), *TINY, "--paired", "--steps", "1",
+                           "--init", str(first / "model.pt"), *extra]) == 0
+        assert TrainConfig.load(run / "config.json").target_norm == expected
+    assert TrainConfig.from_dict({}).target_norm == "histogram"

@@ -151,6 +151,10 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
         tmp_path, capsys, [t1], [t2], ("--lesion-radius", "16", "4"))
     assert "error: --lesion-radius: 0 8 is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "0", "8"))
     assert "error: --lesion-radius: 4 inf is not" in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-radius", "4", "inf"))
+    assert ("error: --target-norm: chooses the targets of residual generators: add --residual invert"
+            in _bad(tmp_path, capsys, [t1], [t2], ("--target-norm", "percentile")))
+    assert ("error: --lesion-augment: pastes lesions into registered pairs: it needs --paired"
+            in _bad(tmp_path, capsys, [t1], [t2], ("--lesion-augment", "0.5")))
     # shaping lesions that are never pasted is refused, not ignored
     for option in (("--lesion-radius", "4", "32"), ("--lesion-site", "white")):
         assert (f"error: {option[0]}: shapes the synthetic lesions: it needs --lesion-augment P above 0"
@@ -545,7 +549,7 @@ def test_target_norm_keeps_each_heads_own_contrast_or_the_pooled_histogram(
                        "--steps", "2", "--paired", "--residual", "invert", "--residual-input", "base",
                        "--lambda-adv", "0", "--lambda-cycle", "0", "--target-norm", "percentile"])
     assert code == 0, capsys.readouterr().err
-    assert "(2 pairs, targets percentile-normalised)" in capsys.readouterr().err
+    assert "px), targets as normalised alone, 32 px axial slices" in capsys.readouterr().err
     assert TrainConfig.load(run / "config.json").target_norm == "percentile"
     with pytest.raises(InputError, match="'linear' is not one of histogram, percentile"):
         train(TrainConfig(a=[str(files["t1"][0])], b=[str(files["t2"][0])], out=str(tmp_path / "api"), size=32,
@@ -619,10 +623,9 @@ def test_window_means_average_a_counted_term_over_its_own_steps() -> None:
     from medsynth.cyclegan import COUNT_PREFIX
     from medsynth.training import accumulate, window_means
 
-    steps = [{"paired_b": torch.tensor(0.4), "lesion_b": torch.tensor(0.6), COUNT_PREFIX + "lesion_b": torch.tensor(1.0)},
-             {"paired_b": torch.tensor(0.2), "lesion_b": torch.tensor(0.0), COUNT_PREFIX + "lesion_b": torch.tensor(0.0)},
-             {"paired_b": torch.tensor(0.3), "lesion_b": torch.tensor(0.3), COUNT_PREFIX + "lesion_b": torch.tensor(1.0)},
-             {"paired_b": torch.tensor(0.1), "lesion_b": torch.tensor(0.0), COUNT_PREFIX + "lesion_b": torch.tensor(0.0)}]
+    counted = COUNT_PREFIX + "lesion_b"
+    steps = [{"paired_b": torch.tensor(p), "lesion_b": torch.tensor(lesion), counted: torch.tensor(float(lesion > 0))}
+             for p, lesion in ((0.4, 0.6), (0.2, 0.0), (0.3, 0.3), (0.1, 0.0))]
     sums: dict = {}
     counts: dict = {}
     for losses in steps:

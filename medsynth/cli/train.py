@@ -117,10 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate multiplier of the residual correction's gate (it starts at zero)")
     n.add_argument("--context", type=int, default=m.context,
                    help="2.5D: neighbouring slices on each side whose bases the residual network also sees")
-    n.add_argument("--target-norm", choices=TARGET_NORMS, default=d.target_norm,
-                   help="--residual invert: what the paired losses compare with, each target matched onto its "
-                        "domain's pooled histogram, or as normalised alone (its 0.5-99.5 percentiles, the scale "
-                        "medsynth-eval scores in; each head's own contrast kept) (default: %(default)s)")
     n.add_argument("--base-smooth", type=float, default=m.base_smooth, metavar="SIGMA",
                    help="smooth the residual generator's base in-plane inside the brain with a Gaussian of SIGMA "
                         "pixels (0: off): the monotone map carries the source's noise into the output")
@@ -142,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="identity loss weight, as a fraction of --lambda-cycle")
     o.add_argument("--lambda-paired", type=float, default=d.lambda_paired,
                    help="weight of the paired L1 term (with --paired)")
+    o.add_argument("--target-norm", choices=TARGET_NORMS, default=d.target_norm,
+                   help="with --residual invert, what the losses and discriminators compare with: each target "
+                        "matched onto its domain's pooled histogram, or as normalised alone (its own 0.5-99.5 "
+                        "percentiles, as medsynth-eval scores; each head's contrast kept); default: %(default)s")
     o.add_argument("--lambda-ssim", type=float, default=d.lambda_ssim,
                    help="weight of 1 - SSIM between translated and registered target (with --paired)")
     o.add_argument("--lambda-histogram", type=float, default=d.lambda_histogram,
@@ -279,6 +279,9 @@ def _apply_init(args: argparse.Namespace, given: set[str]) -> None:
     bias = config.get("bias_correction", "none")
     if "bias_correction" not in given:
         args.bias_correction = bias
+    # what the model was taught to compare with, unless the run says otherwise (it has no weights of its own)
+    if "target_norm" not in given:
+        args.target_norm = config.get("target_norm", "histogram")
     elif args.bias_correction != bias:
         raise InputError("--bias-correction", f"{args.bias_correction} differs from the --init model's {bias} ({path}): "
                                               f"leave it out to take the model's")
@@ -304,3 +307,5 @@ def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
     # the recipe smooths the residual generator's base: a plain network (--residual none) has none to smooth
     if "base_smooth" not in given and args.residual != "invert":
         args.base_smooth = 0.0
+    if "target_norm" not in given and args.residual != "invert":
+        args.target_norm = "histogram"
