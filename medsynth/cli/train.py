@@ -279,12 +279,12 @@ def _apply_init(args: argparse.Namespace, given: set[str]) -> None:
     bias = config.get("bias_correction", "none")
     if "bias_correction" not in given:
         args.bias_correction = bias
-    # what the model was taught to compare with, unless the run says otherwise (it has no weights of its own)
-    if "target_norm" not in given:
-        args.target_norm = config.get("target_norm", "histogram")
     elif args.bias_correction != bias:
         raise InputError("--bias-correction", f"{args.bias_correction} differs from the --init model's {bias} ({path}): "
                                               f"leave it out to take the model's")
+    # what the model was taught to compare with, unless the run says otherwise (it has no weights of its own)
+    if "target_norm" not in given:
+        args.target_norm = config.get("target_norm", "histogram")
     for key in (*INIT_OPTIONS, "dropout"):
         value = getattr(theirs, key)
         if key not in given:
