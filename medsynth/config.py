@@ -75,7 +75,7 @@ RESIDUALS = ("none", "invert")
 RESIDUAL_INPUTS = ("image", "base")
 #: where synthetic lesions may go (:attr:`TrainConfig.lesion_site`, ``medsynth.lesions``)
 LESION_SITES = ("anywhere", "white")
-#: what a residual generator's paired losses compare with (:attr:`TrainConfig.target_norm`)
+#: what a residual generator's losses and discriminators compare with (:attr:`TrainConfig.target_norm`)
 TARGET_NORMS = ("histogram", "percentile")
 
 
@@ -148,11 +148,11 @@ class TrainConfig:
     #: the base the network sees (its base is re-derived from the augmented image, rank for rank, as conversion's
     #: histogram match of a whole volume would give), not only the image channel the base was already taken from
     augment_base: bool = False
-    #: what the paired losses of a residual generator compare with: each target volume matched onto its domain's
-    #: pooled histogram (``histogram``: the training heads' tissues at the same levels whatever their scanners
-    #: made of them, at the price of each head's own contrast, which a large lesion's share of the histogram
-    #: shifts), or as normalised alone (``percentile``: its 0.5-99.5 foreground percentiles to [-1, 1], the scale
-    #: ``medsynth-eval`` scores in, each head's contrast kept). Other generators always see the latter.
+    #: what the losses and discriminators of a residual generator compare with: each target volume matched onto its
+    #: domain's pooled histogram (``histogram``: the training heads' tissues at the same levels whatever their
+    #: scanners made of them, at the price of each head's own contrast, which a large lesion's share of the
+    #: histogram shifts), or as normalised alone (``percentile``: its 0.5-99.5 foreground percentiles to [-1, 1],
+    #: the scale ``medsynth-eval`` scores in, each head's contrast kept). Other generators always see the latter.
     target_norm: str = "histogram"
     flip: bool = True
     enhance: list[str] = field(default_factory=list)

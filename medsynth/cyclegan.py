@@ -247,11 +247,12 @@ class CycleGAN(nn.Module):
                 w = lesion[:n_a].float()
                 # a mean over the lesions' pixels, not the slice's: a lesion counts as much as the slice around it,
                 # however small (a batch without lesions adds zero)
-                area = w.sum().clamp_min(1.0)
+                total = w.sum()
+                area = total.clamp_min(1.0)
                 losses["lesion_b"] = (w * (paired_b - _loss_image(target_b)).abs()).sum() / area * c.lambda_lesion
                 losses["lesion_a"] = (w * (paired_a - _loss_image(target_a)).abs()).sum() / area * c.lambda_lesion
                 # whether this step had a lesion to weigh: the log averages the term over such steps only
-                lesioned = (w.sum() > 0).float()
+                lesioned = (total > 0).float()
                 counts[COUNT_PREFIX + "lesion_b"] = counts[COUNT_PREFIX + "lesion_a"] = lesioned
             if c.lambda_histogram > 0:
                 # where both images of the pair are tissue: the translation's background is the source's

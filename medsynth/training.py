@@ -1055,15 +1055,14 @@ class Plan:
                              f"({terms} term{'s' if ' and ' in terms else ''} only)")
         done = f", resuming at {self.start}" if self.start else ""
         smoothed = f" smoothed in-plane (Gaussian {m.base_smooth:g} px)" if m.residual == "invert" and m.base_smooth else ""
-        if m.residual == "invert" and c.target_norm == "percentile":
-            smoothed += ", targets as normalised alone"
+        targets = ", targets as normalised alone" if m.residual == "invert" and c.target_norm == "percentile" else ""
         every = f"{c.val_every} steps" if c.val_every > 1 else "step"
         validation = (f"; validation every {every} and at the end on {self.val_pairs} "
                       f"pair{'s' if self.val_pairs != 1 else ''}") if self.val_pairs else ""
         return (f"plan: {c.total_steps} steps{done} (learning rate constant to {c.decay_from}, then linear decay), "
                 f"batch {c.batch_size}, {m.generator} ngf {m.ngf}"
                 f"{' residual over the inverted histogram map' if m.residual == 'invert' else ''}"
-                f"{smoothed}"
+                f"{smoothed}{targets}"
                 f"{f' (2.5D: {m.context} neighbouring slices each side)' if m.context else ''}, {c.size} px "
                 f"{describe_axes(c.axis)} slices"
                 f"{describe_bias_correction(c.bias_correction, ' of N4-corrected volumes')}, "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,7 +39,19 @@ from study_cpu import DATA, cases, held_out_case  # noqa: E402
 WHITE_QUANTILE = 0.6
 
 
-def taught(config: TrainConfig, stats: dict[str, Any], read: dict[str, Any]) -> dict[str, dict[str, float]]:
+class Patient(NamedTuple):
+    """What :func:`levels` reads of a patient once, whichever fold model converts it."""
+
+    t1: Any
+    t2: Any
+    brain: np.ndarray
+    #: region name -> its voxels inside the brain (only the regions the patient has)
+    where: dict[str, np.ndarray]
+    #: region name -> the real T2's mean normalised level there
+    real: dict[str, float]
+
+
+def taught(config: TrainConfig, stats: dict[str, Any], read: dict[str, Patient]) -> dict[str, dict[str, float]]:
     """The mean normalised level, per seen patient and region, of the T2 target a fold model's losses compared with.
 
     Args:
@@ -61,12 +73,13 @@ def taught(config: TrainConfig, stats: dict[str, Any], read: dict[str, Any]) -> 
     for f in (Path(f) for f in config.b):
         if f.parent.name not in read:
             continue
-        _, t2, brain, where, _ = read[f.parent.name]
+        patient = read[f.parent.name]
         # on the file's own grid: training's prepared volume differs only by orientation, and both maps act on values
-        x = normalise(torch.as_tensor(t2.array, dtype=torch.float32), intensity_stats(t2.array))
+        t2 = patient.t2.array
+        x = normalise(torch.as_tensor(t2, dtype=torch.float32), intensity_stats(t2))
         target = histogram_match(x[None], pooled)[0] if config.target_norm == "histogram" else x
-        level = normalise_in_mask(target.numpy(), brain)
-        out[f.parent.name] = {r: float(level[w].mean()) for r, w in where.items()}
+        level = normalise_in_mask(target.numpy(), patient.brain)
+        out[f.parent.name] = {r: float(level[w].mean()) for r, w in patient.where.items()}
     return out
 
 
@@ -76,7 +89,7 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
     from medsynth.inference import Translator, fair_baseline_translator
 
     # what does not depend on the fold model, once per patient: its T1, the regions and the real T2's levels
-    read = {}
+    read: dict[str, Patient] = {}
     for p in patients:
         t1, t2, regions = held_out_case(p)
         brain = regions["brain"]
@@ -84,20 +97,21 @@ def levels(run: Path, patients: list[Path]) -> list[dict[str, Any]]:
         where = {r: w & brain for r, w in (("oedema", regions["oedema"]), ("core", regions["core"]),
                                            ("white matter", white)) if (w & brain).any()}
         real = normalise_in_mask(t2.array, brain)
-        read[p.name] = (t1, t2, brain, where, {r: float(real[w].mean()) for r, w in where.items()})
+        read[p.name] = Patient(t1, t2, brain, where, {r: float(real[w].mean()) for r, w in where.items()})
     rows = []
     for fold in patients:
         model_path = run / fold.name / "model.pt"
         model = Translator.from_file(model_path, device="cpu")
         base = fair_baseline_translator(model_path, device="cpu")
         targets = taught(model.config, model.stats, read)
-        for name, (t1, _, brain, where, real) in read.items():
+        for name, patient in read.items():
+            t1 = patient.t1
             images = {"model": model.translate_array(t1.array, t1.affine, "t1-to-t2"),
                       "base": base.translate_array(t1.array, t1.affine, "t1-to-t2")}
-            normalised = {k: normalise_in_mask(v, brain) for k, v in images.items()}
-            for region, w in where.items():
+            normalised = {k: normalise_in_mask(v, patient.brain) for k, v in images.items()}
+            for region, w in patient.where.items():
                 rows.append({"fold": fold.name, "patient": name, "seen": name != fold.name, "region": region,
-                             "real": real[region], **{k: float(v[w].mean()) for k, v in normalised.items()},
+                             "real": patient.real[region], **{k: float(v[w].mean()) for k, v in normalised.items()},
                              "taught": targets.get(name, {}).get(region) if name != fold.name else None})
     return rows
 

@@ -307,5 +307,3 @@ def _apply_recipe(args: argparse.Namespace, given: set[str]) -> None:
     # the recipe smooths the residual generator's base: a plain network (--residual none) has none to smooth
     if "base_smooth" not in given and args.residual != "invert":
         args.base_smooth = 0.0
-    if "target_norm" not in given and args.residual != "invert":
-        args.target_norm = "histogram"
