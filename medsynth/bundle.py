@@ -135,9 +135,11 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
     import medsynth
     from medsynth.bias import describe_bias_correction
     from medsynth.config import TrainConfig, describe_axes
+    from medsynth.cyclegan import direction_config
     from medsynth.networks import build_generator, generator_stride
 
-    config = TrainConfig.from_dict(payload["config"])
+    # a model file may hold each direction from its own run (scripts/package_model.py --b-to-a)
+    config = TrainConfig.from_dict(direction_config(payload, direction))
     src, dst = direction.split("-to-")
     stride = generator_stride(config.model)
     channels = _input_channels(config)

@@ -1,17 +1,23 @@
 """Package a trained model as medsynth's default: fp16 weights in medsynth/models/, checked on load.
 
-usage: python scripts/package_model.py RUN/model.pt [--out medsynth/models/default_t1t2.pt]
+usage: python scripts/package_model.py RUN/model.pt [--b-to-a RUN2/model.pt] [--out medsynth/models/default_t1t2.pt]
+
+``--b-to-a`` takes the second direction's generator (T2 -> T1 for a T1/T2 model) from another run of the same data
+and preprocessing (:func:`medsynth.cyclegan.join_directions`): each direction from the recipe that does it best.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from medsynth.config import TrainConfig
-from medsynth.cyclegan import export_model
+from medsynth.cyclegan import export_model, join_directions
+from medsynth.errors import InputError, exit_on_error
 from medsynth.inference import Translator, read_model_file
 from medsynth.networks import build_generator
 from medsynth.report import case_label
@@ -19,34 +25,50 @@ from medsynth.report import case_label
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def _labels(paths: list[str]) -> list[str]:
+    # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case says what
+    # the model was trained on: the folder is kept only where the file name alone names no case (t1.nii.gz)
+    return [case_label(p) for p in paths]
+
+
+@exit_on_error
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path)
     p.add_argument("--fallback", type=Path, help="used when MODEL does not exist (no validation was run)")
+    p.add_argument("--b-to-a", type=Path, metavar="MODEL",
+                   help="take the second direction's generator (T2 -> T1) from this run's model instead")
     p.add_argument("--out", type=Path, default=ROOT / "medsynth" / "models" / "default_t1t2.pt")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     source = args.model if args.model.exists() or not args.fallback else args.fallback
     payload = read_model_file(source)
+    if args.b_to_a is not None:
+        try:
+            name = args.b_to_a.name if args.b_to_a.is_dir() else args.b_to_a.parent.name
+            payload = join_directions(payload, read_model_file(args.b_to_a), name)
+        except ValueError as exc:
+            raise InputError(args.b_to_a, f"cannot give {source} its second direction: {exc}") from None
     config = TrainConfig.from_dict(payload["config"])
     nets = []
     for key in ("a_to_b", "b_to_a"):
         net = build_generator(config.model)
         net.load_state_dict(payload["generators"][key])
         nets.append(net)
-    # the training inputs are the builder's paths; they mean nothing on a user's machine, but the case says what
-    # the model was trained on: the folder is kept only where the file name alone names no case (t1.nii.gz)
-    config.a, config.b = [case_label(p) for p in config.a], [case_label(p) for p in config.b]
-    config.val_a, config.val_b = [case_label(p) for p in config.val_a], [case_label(p) for p in config.val_b]
+    config.a, config.b = _labels(config.a), _labels(config.b)
+    config.val_a, config.val_b = _labels(config.val_a), _labels(config.val_b)
     config.out = ""
     extra = dict(payload.get("extra", {}), packaged_from=source.name)
     export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
                  calibration=payload.get("calibration"))
     translator = Translator.from_file(args.out, device="cpu")
     size = args.out.stat().st_size / 2**20
-    print(f"packaged {source} -> {args.out} ({size:.1f} MiB, directions {translator.directions})")
-    assert size < 30, "the packaged weights must stay under 30 MB"
+    joined = f", {translator.directions[1]} from {args.b_to_a}" if args.b_to_a is not None else ""
+    print(f"packaged {source}{joined} -> {args.out} ({size:.1f} MiB, directions {translator.directions})")
+    if size >= 30:
+        raise InputError(args.out, f"{size:.1f} MiB: the packaged weights must stay under 30 MB")
     torch.load(args.out, weights_only=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -174,3 +174,20 @@ def test_bad_destinations_and_directions_are_one_line_errors(tmp_path: Path, tin
     assert json.loads((bundle / "configs" / "inference.json").read_text())["direction"] == "t2-to-t1"
     # nothing left beside it: no staging or old folders
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"]
+
+
+def test_a_direction_from_another_run_is_described_by_that_run(tmp_path: Path) -> None:
+    """A model file whose T2 -> T1 generator came from a multi-planar run (``package_model.py --b-to-a``): that
+    direction's bundle says so, the other direction's does not."""
+    from conftest import write_residual_model
+
+    from medsynth.bundle import bundle_metadata
+    from medsynth.cyclegan import join_directions
+    from medsynth.inference import read_model_file
+
+    first = read_model_file(write_residual_model(tmp_path / "a.pt"))
+    second = read_model_file(write_residual_model(tmp_path / "b.pt", axis="all"))
+    joined = join_directions(first, second, "planes")
+    assert "axial slices" in bundle_metadata(joined, "t1-to-t2")["description"]
+    backward = bundle_metadata(joined, "t2-to-t1")
+    assert "axial slices" not in backward["description"] and backward["medsynth"]["axis"] == "all"

@@ -1,0 +1,55 @@
+"""``scripts/package_model.py``: a run's model as the packaged default, optionally each direction from its own run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_script, phantom, write_residual_model
+
+
+@pytest.fixture(scope="module")
+def pm():
+    return load_script("package_model")
+
+
+def _convert(model: Path, volume: np.ndarray, direction: str) -> np.ndarray:
+    from medsynth.inference import Translator
+
+    translator = Translator.from_file(model, device="cpu", precision="fp32")
+    return translator.translate_array(volume, np.eye(4), direction)
+
+
+def test_b_to_a_takes_the_second_direction_from_another_run(pm, tmp_path: Path, capsys) -> None:
+    first = write_residual_model(tmp_path / "run" / "model.pt", gate=0.0)
+    second = write_residual_model(tmp_path / "run_b4" / "model.pt", gate=0.3, batch_size=4)
+    alone = {name: tmp_path / f"{name}.pt" for name in ("first", "second")}
+    assert pm.main([str(first), "--out", str(alone["first"])]) == 0
+    assert pm.main([str(second), "--out", str(alone["second"])]) == 0
+    out = tmp_path / "joined.pt"
+    assert pm.main([str(first), "--b-to-a", str(second), "--out", str(out)]) == 0
+    assert "t2-to-t1 from" in capsys.readouterr().out
+    volume = phantom((24, 28, 6), contrast="t1") * 800
+    got = {d: _convert(out, volume, d) for d in ("t1-to-t2", "t2-to-t1")}
+    np.testing.assert_array_equal(got["t1-to-t2"], _convert(alone["first"], volume, "t1-to-t2"))
+    np.testing.assert_array_equal(got["t2-to-t1"], _convert(alone["second"], volume, "t2-to-t1"))
+    assert not np.array_equal(got["t2-to-t1"], _convert(alone["first"], volume, "t2-to-t1")), \
+        "the two runs' second directions differ, so the test can tell which one the file holds"
+    payload = torch.load(out, weights_only=True)
+    assert payload["extra"]["b_to_a_from"] == {"source": "run_b4", "config": {"batch_size": 4}}
+    assert payload["config"]["batch_size"] == 1, "the configuration is the first run's"
+
+
+def test_runs_that_convert_differently_are_refused_in_one_line(pm, tmp_path: Path, capsys) -> None:
+    first = write_residual_model(tmp_path / "run" / "model.pt")
+    second = write_residual_model(tmp_path / "other" / "model.pt", bias_correction="n4")
+    out = tmp_path / "joined.pt"
+    assert pm.main([str(first), "--b-to-a", str(second), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {second}: cannot give {first} its second direction: its bias_correction is 'n4'")
+    assert "\n" not in err and not out.exists()
+    assert pm.main([str(first), "--b-to-a", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+    assert "no such model file" in capsys.readouterr().err and not out.exists()
