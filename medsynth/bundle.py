@@ -135,7 +135,7 @@ def bundle_metadata(payload: dict[str, Any], direction: str, version: str = "0.1
     import medsynth
     from medsynth.bias import describe_bias_correction
     from medsynth.config import TrainConfig, describe_axes
-    from medsynth.cyclegan import direction_config
+    from medsynth.modelfiles import direction_config
     from medsynth.networks import build_generator, generator_stride
 
     # a model file may hold each direction from its own run (scripts/package_model.py --b-to-a)

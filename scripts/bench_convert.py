@@ -58,10 +58,11 @@ from medsynth.inference import Translator, default_model_path  # noqa: E402
 AXIS_SLICES = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
-def sample_path() -> Path:
-    from medsynth.demo import SAMPLE_T1
+def sample_path(direction: str | None = None) -> Path:
+    """The packaged sample that ``direction`` reads (the T1 unless it starts from T2)."""
+    from medsynth.demo import SAMPLE_T1, SAMPLE_T2
 
-    return Path(SAMPLE_T1)
+    return Path(SAMPLE_T2 if direction and direction.startswith("t2-") else SAMPLE_T1)
 
 
 def naive_loop(translator: Translator, volume: np.ndarray, direction: str) -> float:
@@ -93,15 +94,17 @@ def naive_loop(translator: Translator, volume: np.ndarray, direction: str) -> fl
 
 
 def convert_process(src: Path, axis: str, model: str | None, device: str, precision: str,
-                    fuse: str = DEFAULT_FUSION) -> dict:
+                    fuse: str = DEFAULT_FUSION, direction: str | None = None) -> dict:
     """The whole ``medsynth-convert`` process: wall seconds and its peak resident memory (``fuse``: how
-    ``axis="all"`` combines its passes)."""
+    ``axis="all"`` combines its passes; ``direction``: the model's first when None)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.nii.gz"
         cmd = [sys.executable, "-m", "medsynth", "convert", str(src), str(out), "--axis", axis, "--device", device,
                "--precision", precision, "--fuse", fuse, "--progress", "lines"]  # as the Slicer module runs it
         if model:
             cmd += ["--model", model]
+        if direction:
+            cmd += ["--direction", direction]
         env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         tic = time.perf_counter()
@@ -291,15 +294,15 @@ def precision_difference(model: str | None, device: str, src: Path, out_png: Pat
 
 
 def compare_models(src: Path, model: str | None, against: str, device: str, precision: str, repeats: int,
-                   fuse: str = DEFAULT_FUSION) -> list[dict]:
+                   fuse: str = DEFAULT_FUSION, direction: str | None = None) -> list[dict]:
     """``medsynth-convert`` with two models, whole process, axial and fused, timed alternately (so that a busy spell
     of a shared machine hits both alike), best of ``repeats`` each."""
     rows = []
     for axis in ("axial", "all"):
         mine, theirs = [], []
         for _ in range(repeats):
-            theirs.append(convert_process(src, axis, against, device, precision, fuse)["seconds"])
-            mine.append(convert_process(src, axis, model, device, precision, fuse)["seconds"])
+            theirs.append(convert_process(src, axis, against, device, precision, fuse, direction)["seconds"])
+            mine.append(convert_process(src, axis, model, device, precision, fuse, direction)["seconds"])
         rows.append({"axis": axis, "model_seconds": min(mine), "against_seconds": min(theirs),
                      "ratio": min(mine) / min(theirs), "model_runs": mine, "against_runs": theirs})
     return rows
@@ -322,6 +325,9 @@ def main() -> None:
                    help="only compare: medsynth-convert (axial, fused) with --model and with this model.pt, timed "
                         "alternately, and the ratio (e.g. a new packaged model against the one before it); writes "
                         "bench_convert_against_<kind>.json")
+    p.add_argument("--direction", default=None,
+                   help="with --against: time this direction (t2-to-t1 reads the packaged T2 sample; default: the "
+                        "model's first, on the T1 sample)")
     p.add_argument("--repeats", type=int, default=2, help="timed repeats per row (best is kept)")
     p.add_argument("--big", action="store_true", help="also the 512 x 512 x 400 peak-memory run")
     p.add_argument("--device", default="auto")
@@ -334,7 +340,9 @@ def main() -> None:
     args = p.parse_args()
     os.environ.pop("OMP_NUM_THREADS", None)
     set_threads(None)
-    src = sample_path()
+    if args.direction and not args.against:
+        p.error("--direction times one direction with --against only")
+    src = sample_path(args.direction)
     if args.smoke:
         import nibabel as nib
 
@@ -343,7 +351,8 @@ def main() -> None:
         nib.save(img.slicer[:, :, 60:84], small)
         src = small
     if args.against:
-        rows = compare_models(src, args.model, args.against, args.device, args.precision, args.repeats, args.fuse)
+        rows = compare_models(src, args.model, args.against, args.device, args.precision, args.repeats, args.fuse,
+                              args.direction)
         print(f"medsynth-convert, whole process, {src.name}: {args.model or 'the packaged model'} against "
               f"{args.against}, best of {args.repeats} each, alternated")
         for r in rows:
@@ -351,7 +360,8 @@ def main() -> None:
                   f"ratio {r['ratio']:.2f}")
         if not args.smoke:
             info = machine()
-            path = write_json(named("bench_convert_against", args.fuse), {
+            name = named("bench_convert_against", args.fuse) + (f"_{args.direction}" if args.direction else "")
+            path = write_json(name, {
                 "machine": info, "volume": src.name, "model": str(args.model or default_model_path()),
                 "against": args.against, "args": vars(args), "rows": rows})
             print(f"wrote {path}")

@@ -3,7 +3,7 @@
 usage: python scripts/package_model.py RUN/model.pt [--b-to-a RUN2/model.pt] [--out medsynth/models/default_t1t2.pt]
 
 ``--b-to-a`` takes the second direction's generator (T2 -> T1 for a T1/T2 model) from another run of the same data
-and preprocessing (:func:`medsynth.cyclegan.join_directions`): each direction from the recipe that does it best.
+and preprocessing (:func:`medsynth.modelfiles.join_directions`): each direction from the recipe that does it best.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from medsynth.config import TrainConfig
-from medsynth.cyclegan import export_model, join_directions
+from medsynth.cyclegan import export_model
+from medsynth.modelfiles import join_directions
 from medsynth.errors import InputError, exit_on_error
 from medsynth.inference import Translator, read_model_file
 from medsynth.networks import build_generator
@@ -57,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.a, config.b = _labels(config.a), _labels(config.b)
     config.val_a, config.val_b = _labels(config.val_a), _labels(config.val_b)
     config.out = ""
-    extra = dict(payload.get("extra", {}), packaged_from=source.name)
+    extra = dict(payload.get("extra", {}))
+    # a packaged file packaged again (given its other direction) still names the run file it came from
+    extra.setdefault("packaged_from", source.name)
     export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
                  calibration=payload.get("calibration"))
     translator = Translator.from_file(args.out, device="cpu")

@@ -6,8 +6,9 @@
 # CPU has it. Two patients and a healthy pair (the MNI avg152 T1/T2 templates, skull-stripped, 1 mm, made
 # thick-slice over 5 mm slabs along S-I as the patients' scans are: scripts/make_template_pair.py --slab-mm 5; the
 # sixth and seventh passes of the study) train it for 2,052 steps; BraTS-GLI-00001-000, the packaged sample, is held
-# out and validates it.
-# Then it is packaged (fp16) into medsynth/models/.
+# out and validates it. The T2 -> T1 generator comes from a second run of the same recipe with four crops per step
+# (--batch-size 4; the twenty-fourth pass, scripts/results/study_directions.md), RUN_DIR_batch4.
+# Then both are packaged (fp16) into medsynth/models/ as one model.
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --steps N --device cuda]
 set -euo pipefail
 run=${1:?usage: $0 RUN_DIR [options]}; shift
@@ -17,11 +18,14 @@ data=$shared/brain_t1t2
 # folder is named mni152_slab5 (as in the study), which the packaged model records as its training case
 pair="$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$run")_extra/mni152_slab5"
 python "$(dirname "$0")/make_template_pair.py" --templates "$shared/templates_2mm" --slab-mm 5 --out "$pair"
-medsynth-train \
-  --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" "$pair/t1.nii.gz" \
-  --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" "$pair/t2.nii.gz" \
-  --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz" \
-  --out "$run" --paired --recipe cpu --steps 2052 \
-  --sample-every 1026 --checkpoint-every 500 --val-every 513 --log-every 50 "$@"
-# the final model, not the best validation round: choosing on the held-out patient would make its figures a best case
-python "$(dirname "$0")/package_model.py" "$run/model.pt"
+common=(
+  --t1 "$data/AURORA_sample/t1.nii.gz" "$data/TCGA-DU-7294/t1.nii.gz" "$pair/t1.nii.gz"
+  --t2 "$data/AURORA_sample/t2.nii.gz" "$data/TCGA-DU-7294/t2.nii.gz" "$pair/t2.nii.gz"
+  --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz"
+  --paired --recipe cpu --steps 2052 --sample-every 1026 --checkpoint-every 500 --val-every 513 --log-every 50
+)
+medsynth-train "${common[@]}" --out "$run" "$@"
+medsynth-train "${common[@]}" --batch-size 4 --out "${run}_batch4" "$@"
+# the final models, not the best validation rounds: choosing on the held-out patient would make its figures a best
+# case; T1 -> T2 from the first run, T2 -> T1 from the second
+python "$(dirname "$0")/package_model.py" "$run/model.pt" --b-to-a "${run}_batch4/model.pt"

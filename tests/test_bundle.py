@@ -182,7 +182,7 @@ def test_a_direction_from_another_run_is_described_by_that_run(tmp_path: Path) -
     from conftest import write_residual_model
 
     from medsynth.bundle import bundle_metadata
-    from medsynth.cyclegan import join_directions
+    from medsynth.modelfiles import join_directions
     from medsynth.inference import read_model_file
 
     first = read_model_file(write_residual_model(tmp_path / "a.pt"))

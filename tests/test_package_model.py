@@ -41,6 +41,15 @@ def test_b_to_a_takes_the_second_direction_from_another_run(pm, tmp_path: Path, 
     payload = torch.load(out, weights_only=True)
     assert payload["extra"]["b_to_a_from"] == {"source": "run_b4", "config": {"batch_size": 4}}
     assert payload["config"]["batch_size"] == 1, "the configuration is the first run's"
+    assert payload["extra"]["packaged_from"] == "model.pt"
+    # a packaged model given a new second direction keeps its first one bit for bit, and its origin
+    again = tmp_path / "again.pt"
+    assert pm.main([str(alone["first"]), "--b-to-a", str(second), "--out", str(again)]) == 0
+    repacked = torch.load(again, weights_only=True)
+    first_alone = torch.load(alone["first"], weights_only=True)
+    for key, value in first_alone["generators"]["a_to_b"].items():
+        assert torch.equal(repacked["generators"]["a_to_b"][key], value)
+    assert repacked["extra"]["packaged_from"] == "model.pt"
 
 
 def test_runs_that_convert_differently_are_refused_in_one_line(pm, tmp_path: Path, capsys) -> None:

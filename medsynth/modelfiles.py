@@ -1,0 +1,84 @@
+"""Model files whose two directions come from different runs: each direction from the recipe that does it best.
+
+A model file (:func:`medsynth.cyclegan.export_model`) holds a generator per direction, and conversion runs one of
+them with the file's intensity statistics, base and preprocessing. Two runs on the same data that differ only in how
+they trained (batch size, steps, losses) can therefore give one file a direction each (:func:`join_directions`;
+``scripts/package_model.py --b-to-a``); :func:`direction_config` says how a direction's generator was trained.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from medsynth.config import TrainConfig
+from medsynth.inference import model_image_kind
+
+__all__ = ["CONVERSION_FIELDS", "direction_config", "join_directions"]
+
+#: the configuration fields that decide what conversion does around a generator (with the intensity statistics);
+#: two runs that differ only elsewhere (batch size, steps, seed, losses) can give a model file one direction each
+CONVERSION_FIELDS = ("names", "model", "size", "enhance", "bias_correction", "image_kind")
+
+
+def join_directions(first: dict[str, Any], second: dict[str, Any], second_name: str) -> dict[str, Any]:
+    """One model file's contents from two: ``first``'s generator from domain A to B, ``second``'s from B to A.
+
+    Each direction keeps its own calibration curve and validation figures; ``extra["b_to_a_from"]`` says where
+    the second generator came from and how its training differed (``{"source", "config"}``: the fields of its
+    configuration that are not ``first``'s). The configuration is ``first``'s.
+
+    Args:
+        first, second: model file contents (:func:`medsynth.inference.read_model_file`).
+        second_name: what ``second`` is called in the record (a file or run name).
+
+    Raises:
+        ValueError: the two would convert differently in anything but the network: other domains, network
+            options, base, preprocessing or intensity statistics (one line, naming the field).
+    """
+    # compared as read back (an older file's missing or null field means its default), so that a packaged model
+    # can be given a new second direction
+    first_config = TrainConfig.from_dict(first["config"])
+    a, b = first_config.names
+    forward, backward = f"{a}-to-{b}", f"{b}-to-{a}"
+    second_config = TrainConfig.from_dict(direction_config(second, backward))  # second may itself be joined
+    first_config.image_kind, second_config.image_kind = model_image_kind(first_config), model_image_kind(second_config)
+    a_cfg, b_cfg = first_config.to_dict(), second_config.to_dict()
+    for field in CONVERSION_FIELDS:
+        if json.dumps(a_cfg.get(field)) != json.dumps(b_cfg.get(field)):
+            raise ValueError(f"its {field} is {b_cfg.get(field)!r} where the first model's is {a_cfg.get(field)!r}")
+    if json.dumps(first["stats"], sort_keys=True) != json.dumps(second["stats"], sort_keys=True):
+        raise ValueError("its intensity statistics differ from the first model's (trained on other data)")
+    # the rounds keep the first run's steps; each round's backward figures are the second run's at that step
+    theirs = {r.get("step"): r.get(backward) for r in (second.get("extra") or {}).get("validation") or []}
+    rounds = []
+    for r in (first.get("extra") or {}).get("validation") or []:
+        r = {k: v for k, v in r.items() if k != backward}
+        if theirs.get(r.get("step")):
+            r[backward] = theirs[r.get("step")]
+        rounds.append(r)
+    skip = {"out", "a", "b", "val_a", "val_b", "extra_a", "extra_b"}  # where the files lay, not how it trained
+    differs = {k: v for k, v in b_cfg.items() if k not in skip and json.dumps(v) != json.dumps(a_cfg.get(k))}
+    extra = dict(first.get("extra") or {}, b_to_a_from={"source": second_name, "config": differs})
+    if "validation" in extra:
+        extra["validation"] = rounds
+    generators = {"a_to_b": first["generators"]["a_to_b"], "b_to_a": second["generators"]["b_to_a"]}
+    joined = dict(first, generators=generators, extra=extra)
+    curves = {**{k: v for k, v in (first.get("calibration") or {}).items() if k == forward},
+              **{k: v for k, v in (second.get("calibration") or {}).items() if k == backward}}
+    joined.pop("calibration", None)
+    if curves:
+        joined["calibration"] = curves
+    return joined
+
+
+def direction_config(payload: dict[str, Any], direction: str) -> dict[str, Any]:
+    """The training configuration (as a dict) of the generator a model file uses for ``direction``: the file's
+    own, with the second run's differences for a second direction taken from another run (:func:`join_directions`).
+    """
+    config = dict(payload["config"])
+    a, b = config["names"]
+    joined = (payload.get("extra") or {}).get("b_to_a_from")
+    if direction == f"{b}-to-{a}" and isinstance(joined, dict):
+        config.update(joined.get("config") or {})
+    return config
