@@ -19,11 +19,22 @@ from medsynth.config import TrainConfig
 from medsynth.cyclegan import export_model
 from medsynth.modelfiles import join_directions
 from medsynth.errors import InputError, exit_on_error
+from medsynth.files import atomic_path
 from medsynth.inference import Translator, read_model_file
 from medsynth.networks import build_generator
 from medsynth.report import case_label
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the packaged file stays small enough for the repository and the wheel
+SIZE_LIMIT_MB = 30.0
+
+
+def run_name(path: Path) -> str:
+    """What a model is called in a joined file's record: its run folder's name for ``RUN/model.pt`` (or ``RUN``),
+    else the file's own name."""
+    if path.is_dir():
+        return path.absolute().name
+    return path.absolute().parent.name if path.name in ("model.pt", "model_best.pt") else path.name
 
 
 def _labels(paths: list[str]) -> list[str]:
@@ -44,9 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = args.model if args.model.exists() or not args.fallback else args.fallback
     payload = read_model_file(source)
     if args.b_to_a is not None:
+        second = read_model_file(args.b_to_a)  # its own one-line error when missing or not a model
         try:
-            name = args.b_to_a.name if args.b_to_a.is_dir() else args.b_to_a.parent.name
-            payload = join_directions(payload, read_model_file(args.b_to_a), name)
+            payload = join_directions(payload, second, run_name(args.b_to_a))
         except ValueError as exc:
             raise InputError(args.b_to_a, f"cannot give {source} its second direction: {exc}") from None
     config = TrainConfig.from_dict(payload["config"])
@@ -61,15 +72,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = dict(payload.get("extra", {}))
     # a packaged file packaged again (given its other direction) still names the run file it came from
     extra.setdefault("packaged_from", source.name)
-    export_model(args.out, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
-                 calibration=payload.get("calibration"))
-    translator = Translator.from_file(args.out, device="cpu")
-    size = args.out.stat().st_size / 2**20
+    # checked under a temporary name and only then moved onto --out (by default the packaged model itself)
+    with atomic_path(args.out) as tmp:
+        export_model(tmp, config, nets[0], nets[1], payload["stats"], extra=extra, half=True,
+                     calibration=payload.get("calibration"))
+        size = tmp.stat().st_size / 2**20
+        if size >= SIZE_LIMIT_MB:
+            raise InputError(args.out, f"{size:.1f} MiB: the packaged weights must stay under {SIZE_LIMIT_MB:g} MiB")
+        torch.load(tmp, weights_only=True)
+        translator = Translator.from_file(tmp, device="cpu")
     joined = f", {translator.directions[1]} from {args.b_to_a}" if args.b_to_a is not None else ""
     print(f"packaged {source}{joined} -> {args.out} ({size:.1f} MiB, directions {translator.directions})")
-    if size >= 30:
-        raise InputError(args.out, f"{size:.1f} MiB: the packaged weights must stay under 30 MB")
-    torch.load(args.out, weights_only=True)
     return 0
 
 

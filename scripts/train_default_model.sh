@@ -12,6 +12,7 @@
 # usage: scripts/train_default_model.sh RUN_DIR [extra medsynth-train options, e.g. --steps N --device cuda]
 set -euo pipefail
 run=${1:?usage: $0 RUN_DIR [options]}; shift
+run=${run%/}  # RUN_DIR/ would put RUN_DIR_batch4 inside the first run's folder
 shared=${MEDSYNTH_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/shared/data}
 data=$shared/brain_t1t2
 # beside the run folder, not in it (medsynth-train refuses a run folder that is not empty unless --resume); the
@@ -24,8 +25,10 @@ common=(
   --val-t1 "$data/BraTS-GLI-00001-000/t1.nii.gz" --val-t2 "$data/BraTS-GLI-00001-000/t2.nii.gz"
   --paired --recipe cpu --steps 2052 --sample-every 1026 --checkpoint-every 500 --val-every 513 --log-every 50
 )
-medsynth-train "${common[@]}" --out "$run" "$@"
-medsynth-train "${common[@]}" --batch-size 4 --out "${run}_batch4" "$@"
+# a run that finished is kept (rerunning the script after a failure of the second goes on from there); the second
+# run's --batch-size 4 comes after the user's options, so that it holds whatever they give
+[ -f "$run/model.pt" ] || medsynth-train "${common[@]}" --out "$run" "$@"
+[ -f "${run}_batch4/model.pt" ] || medsynth-train "${common[@]}" "$@" --batch-size 4 --out "${run}_batch4"
 # the final models, not the best validation rounds: choosing on the held-out patient would make its figures a best
 # case; T1 -> T2 from the first run, T2 -> T1 from the second
 python "$(dirname "$0")/package_model.py" "$run/model.pt" --b-to-a "${run}_batch4/model.pt"
