@@ -543,6 +543,14 @@ class Trainer:
             raise InputError("--lesion-radius", f"{shown} is not two radii in pixels, 0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
+        # set in Python or JSON only (no option): a quantile range and a probability, checked as the options are
+        dark = tuple(config.lesion_dark)
+        if (len(dark) != 2 or not all(isinstance(q, (int, float)) and math.isfinite(q) for q in dark)
+                or not 0 <= dark[0] <= dark[1] <= 1):
+            shown = " ".join(f"{q:g}" if isinstance(q, (int, float)) else repr(q) for q in dark)
+            raise InputError("lesion_dark", f"{shown} is not two T1 foreground quantiles, 0 <= LOW <= HIGH <= 1")
+        if not (isinstance(config.lesion_core, (int, float)) and 0.0 <= config.lesion_core <= 1.0):
+            raise InputError("lesion_core", f"{config.lesion_core!r} is not a probability (0 to 1)")
         if config.target_norm not in TARGET_NORMS:
             raise InputError("--target-norm", f"{config.target_norm!r} is not one of {', '.join(TARGET_NORMS)}")
         if config.target_norm != "histogram" and config.model.residual != "invert":

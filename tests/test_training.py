@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -172,6 +173,13 @@ def test_bad_inputs(tmp_path: Path, domains: tuple[Path, Path], capsys: pytest.C
         train(TrainConfig(a=[t1], b=[t2], out=str(tmp_path / "api"), size=32, steps=1, lesion_site="grey"),
               progress=False)
     assert not (tmp_path / "api").exists()
+    for field, value, message in (("lesion_dark", (0.4, 0.12), "0.4 0.12 is not two T1 foreground quantiles"),
+                                  ("lesion_dark", (0.1, 1.5), "0.1 1.5 is not two T1 foreground quantiles"),
+                                  ("lesion_core", 1.5, "1.5 is not a probability (0 to 1)")):
+        with pytest.raises(InputError, match="^" + re.escape(f"{field}: {message}")):
+            train(TrainConfig(a=[t1], b=[t2], out=str(tmp_path / "api"), size=32, steps=1, **{field: value}),
+                  progress=False)
+        assert not (tmp_path / "api").exists()
 
 
 def test_existing_run_needs_resume(tmp_path: Path, domains: tuple[Path, Path],
