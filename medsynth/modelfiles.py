@@ -66,7 +66,8 @@ def join_directions(first: dict[str, Any], second: dict[str, Any], second_name: 
     if json.dumps(first["stats"], sort_keys=True) != json.dumps(second["stats"], sort_keys=True):
         raise ValueError("its intensity statistics differ from the first model's (trained on other data)")
     # the rounds keep the first run's steps; each round's backward figures are the second run's at that step
-    their_rounds = [r for r in (second.get("extra") or {}).get("validation") or [] if isinstance(r, dict)]
+    # copied once here, so that neither the rounds nor the record below share anything with the inputs
+    their_rounds = copy.deepcopy([r for r in (second.get("extra") or {}).get("validation") or [] if isinstance(r, dict)])
     theirs = {r.get("step"): r.get(backward) for r in their_rounds}
     rounds = []
     for r in copy.deepcopy((first.get("extra") or {}).get("validation") or []):
@@ -77,15 +78,14 @@ def join_directions(first: dict[str, Any], second: dict[str, Any], second_name: 
     differs = {k: v for k, v in b_cfg.items() if k not in RUN_FIELDS and json.dumps(v) != json.dumps(a_cfg.get(k))}
     validation = [{"step": r.get("step"), backward: r[backward]} for r in their_rounds if r.get(backward)]
     extra = dict(copy.deepcopy(first.get("extra") or {}),
-                 b_to_a_from={"source": second_name, "config": differs, "validation": copy.deepcopy(validation)})
+                 b_to_a_from={"source": second_name, "config": differs, "validation": validation})
     if "validation" in extra:
         extra["validation"] = rounds
     generators = {"a_to_b": first["generators"]["a_to_b"], "b_to_a": second["generators"]["b_to_a"]}
-    joined = {**{k: copy.deepcopy(v) for k, v in first.items() if k != "generators"}, "generators": generators,
-              "extra": extra}
+    joined = {**{k: copy.deepcopy(v) for k, v in first.items() if k not in ("generators", "extra", "calibration")},
+              "generators": generators, "extra": extra}
     curves = copy.deepcopy({**{k: v for k, v in (first.get("calibration") or {}).items() if k == forward},
                             **{k: v for k, v in (second.get("calibration") or {}).items() if k == backward}})
-    joined.pop("calibration", None)
     if curves:
         joined["calibration"] = curves
     return joined

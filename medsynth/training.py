@@ -149,6 +149,16 @@ class DomainData:
         return len(self.volumes)
 
 
+def _finite_pair(values: tuple[Any, ...]) -> bool:
+    """Whether a configured range is two finite numbers (its order is each caller's own bound)."""
+    return len(values) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _shown(values: tuple[Any, ...]) -> str:
+    """A configured range as an error names it: ``16 4``, with anything not a number as its repr."""
+    return " ".join(f"{v:g}" if isinstance(v, (int, float)) else repr(v) for v in values)
+
+
 def grid_axis(config: TrainConfig) -> str:
     """The axis of the sample grids' slices: the training axis, or for multi-planar training the validation
     axis (axial by default, as conversion; axial too when validation fuses all three)."""
@@ -537,18 +547,14 @@ class Trainer:
             raise InputError("--bias-correction", f"{config.bias_correction!r} is not one of "
                                                   f"{', '.join(BIAS_CORRECTIONS)}")
         radius = tuple(config.lesion_radius)
-        if (len(radius) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in radius)
-                or not 0 < radius[0] <= radius[1]):
-            shown = " ".join(f"{r:g}" if isinstance(r, (int, float)) else repr(r) for r in radius)
-            raise InputError("--lesion-radius", f"{shown} is not two radii in pixels, 0 < MIN <= MAX")
+        if not _finite_pair(radius) or not 0 < radius[0] <= radius[1]:
+            raise InputError("--lesion-radius", f"{_shown(radius)} is not two radii in pixels, 0 < MIN <= MAX")
         if config.lesion_site not in LESION_SITES:
             raise InputError("--lesion-site", f"{config.lesion_site!r} is not one of {', '.join(LESION_SITES)}")
         # set in Python or JSON only (no option): a quantile range and a probability, checked as the options are
         dark = tuple(config.lesion_dark)
-        if (len(dark) != 2 or not all(isinstance(q, (int, float)) and math.isfinite(q) for q in dark)
-                or not 0 <= dark[0] <= dark[1] <= 1):
-            shown = " ".join(f"{q:g}" if isinstance(q, (int, float)) else repr(q) for q in dark)
-            raise InputError("lesion_dark", f"{shown} is not two T1 foreground quantiles, 0 <= LOW <= HIGH <= 1")
+        if not _finite_pair(dark) or not 0 <= dark[0] <= dark[1] <= 1:
+            raise InputError("lesion_dark", f"{_shown(dark)} is not two T1 foreground quantiles, 0 <= LOW <= HIGH <= 1")
         if not (isinstance(config.lesion_core, (int, float)) and 0.0 <= config.lesion_core <= 1.0):
             raise InputError("lesion_core", f"{config.lesion_core!r} is not a probability (0 to 1)")
         if config.target_norm not in TARGET_NORMS:

@@ -13,14 +13,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from medsynth.config import TrainConfig
 from medsynth.cyclegan import export_model
-from medsynth.modelfiles import join_directions
 from medsynth.errors import InputError, exit_on_error
 from medsynth.files import atomic_path
 from medsynth.inference import Translator, read_model_file
+from medsynth.modelfiles import join_directions
 from medsynth.networks import build_generator
 from medsynth.report import case_label
 
@@ -79,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = tmp.stat().st_size / 2**20
         if size >= SIZE_LIMIT_MB:
             raise InputError(args.out, f"{size:.1f} MiB: the packaged weights must stay under {SIZE_LIMIT_MB:g} MiB")
-        torch.load(tmp, weights_only=True)
-        translator = Translator.from_file(tmp, device="cpu")
+        translator = Translator.from_file(tmp, device="cpu")  # reads it with weights_only=True, as users will
     joined = f", {translator.directions[1]} from {args.b_to_a}" if args.b_to_a is not None else ""
     print(f"packaged {source}{joined} -> {args.out} ({size:.1f} MiB, directions {translator.directions})")
     return 0

@@ -213,4 +213,3 @@ def test_lesion_term_is_the_weighted_mean_error_inside_the_lesions_and_trains_th
             return float((model.generators.g_ab(a)[0, 0] - b_lesion[0, 0])[inside].abs().mean())
 
     assert lesion_error(run(10.0, 40)[1]) < lesion_error(run(0.0, 40)[1])
-

@@ -40,6 +40,9 @@ def test_join_directions_takes_each_direction_from_its_own_run(tmp_path: Path) -
                                              {"step": 10, "t1-to-t2": {"psnr": 20.0}, "t2-to-t1": {"psnr": 99.0}}]
     assert joined["calibration"] == {"t1-to-t2": {"x": [1]}, "t2-to-t1": {"x": [3]}}
     assert first["extra"]["validation"][0]["t2-to-t1"] == {"psnr": 25.0}, "the inputs are left as they were"
+    joined["extra"]["validation"][1]["t2-to-t1"]["psnr"] = 0.0
+    joined["extra"]["b_to_a_from"]["validation"][0]["t2-to-t1"]["psnr"] = 1.0
+    assert second["extra"]["validation"][0]["t2-to-t1"] == {"psnr": 99.0}, "nor do they share the second's rounds"
     assert direction_config(joined, "t2-to-t1")["batch_size"] == 4 and direction_config(joined, "t1-to-t2")["seed"] == 0
     assert direction_config(first, "t2-to-t1") == first["config"]
     # a model file from before these fields has none of them: it reads as their defaults
